@@ -1,0 +1,259 @@
+//! The HTTP server: /metrics, the landing page, health and lifecycle endpoints; bounded
+//! connections and header reads; concurrent scrapes collapsed into one.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::metrics::{self, Collector, Gathered};
+
+/// At most this many connections are served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 128;
+/// A client must send its request headers within this time.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Cap on buffered request bytes (headers included).
+const MAX_BUF: usize = 16 * 1024;
+
+/// A reload asked for over HTTP; the answer is `Err(message)` if it was refused.
+pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
+
+pub struct HttpConfig {
+    pub telemetry_path: String,
+    pub enable_lifecycle: bool,
+}
+
+struct State {
+    config: HttpConfig,
+    collector: Arc<Collector>,
+    reload: mpsc::Sender<ReloadRequest>,
+    scrape: tokio::sync::Mutex<ScrapeCache>,
+}
+
+#[derive(Default)]
+struct ScrapeCache {
+    /// When the last encode started, and its output.
+    started: Option<Instant>,
+    body: Bytes,
+    /// Reused encode buffer.
+    buf: String,
+}
+
+type Body = Full<Bytes>;
+
+/// Serves until `shutdown` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    config: HttpConfig,
+    collector: Arc<Collector>,
+    reload: mpsc::Sender<ReloadRequest>,
+    shutdown: CancellationToken,
+) {
+    let state = Arc::new(State {
+        config,
+        collector,
+        reload,
+        scrape: tokio::sync::Mutex::new(ScrapeCache::default()),
+    });
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
+            _ = shutdown.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(err) => {
+                    // EMFILE and friends: back off a little instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return,
+        };
+        let state = Arc::clone(&state);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let state = Arc::clone(&state);
+                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            });
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .max_buf_size(MAX_BUF);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            tokio::pin!(conn);
+            tokio::select! {
+                r = conn.as_mut() => if let Err(err) = r { debug!(%peer, error = %err, "connection ended") },
+                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            }
+        });
+    }
+}
+
+async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path();
+    let method = req.method();
+    if path == state.config.telemetry_path {
+        return match *method {
+            Method::GET | Method::HEAD => {
+                let body = scrape(state).await;
+                let mut resp = Response::new(Full::new(body));
+                resp.headers_mut()
+                    .insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+                resp
+            }
+            _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"),
+        };
+    }
+    match (path, method) {
+        ("/", &Method::GET) => {
+            let collector = Arc::clone(&state.collector);
+            match tokio::task::spawn_blocking(move || collector.gather()).await {
+                Ok(g) => html(landing_page(&g, &state.config.telemetry_path)),
+                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "gather failed\n"),
+            }
+        }
+        ("/-/healthy", &Method::GET) => text(StatusCode::OK, "procwatch is healthy.\n"),
+        ("/-/ready", &Method::GET) => text(StatusCode::OK, "procwatch is ready.\n"),
+        ("/-/reload", &Method::POST) => {
+            if !state.config.enable_lifecycle {
+                return text(
+                    StatusCode::FORBIDDEN,
+                    "lifecycle APIs are not enabled (--web.enable-lifecycle)\n",
+                );
+            }
+            let (tx, rx) = oneshot::channel();
+            if state.reload.send(tx).await.is_err() {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n");
+            }
+            match rx.await {
+                Ok(Ok(summary)) => text(StatusCode::OK, &format!("{summary}\n")),
+                Ok(Err(message)) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    &format!("failed to reload config: {message}\n"),
+                ),
+                Err(_) => text(StatusCode::SERVICE_UNAVAILABLE, "shutting down\n"),
+            }
+        }
+        ("/", _) | ("/-/healthy", _) | ("/-/ready", _) | ("/-/reload", _) => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    }
+}
+
+/// Gathers and encodes, collapsing concurrent scrapes: whoever waited while a scrape that
+/// started after its arrival ran gets that scrape's output.
+async fn scrape(state: &State) -> Bytes {
+    let arrived = Instant::now();
+    let mut cache = state.scrape.lock().await;
+    if let Some(started) = cache.started
+        && started >= arrived
+    {
+        return cache.body.clone();
+    }
+    let started = Instant::now();
+    let collector = Arc::clone(&state.collector);
+    let mut buf = std::mem::take(&mut cache.buf);
+    let buf = tokio::task::spawn_blocking(move || {
+        let g = collector.gather();
+        collector.encode(&g, &mut buf);
+        buf
+    })
+    .await
+    .unwrap_or_default();
+    cache.body = Bytes::copy_from_slice(buf.as_bytes());
+    cache.buf = buf;
+    cache.started = Some(started);
+    cache.body.clone()
+}
+
+fn text(status: StatusCode, body: &str) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::copy_from_slice(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+fn html(body: String) -> Response<Body> {
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    resp
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn landing_page(g: &Gathered, telemetry_path: &str) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(4096);
+    let _ = write!(
+        s,
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>procwatch</title>\
+         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
+         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>\
+         <h1>procwatch</h1><p>version {} &middot; <a href=\"{}\">Metrics</a></p><h2>Programs</h2>\
+         <table><tr><th>name</th><th>state</th><th>pid</th><th>uptime</th><th>cpu</th><th>memory</th><th>restarts</th><th>command</th></tr>",
+        env!("CARGO_PKG_VERSION"),
+        esc(telemetry_path)
+    );
+    for r in &g.programs {
+        let row = crate::status::ProgramRow::new(r, g.at);
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
+            esc(&row.name),
+            row.state,
+            row.pid,
+            row.uptime,
+            row.cpu,
+            row.memory,
+            row.restarts,
+            esc(&row.command)
+        );
+    }
+    s.push_str("</table><h2>Watches</h2><table><tr><th>name</th><th>path</th><th>state</th>");
+    for k in crate::watch::KINDS {
+        let _ = write!(s, "<th>{k}</th>");
+    }
+    s.push_str("<th>overflows</th><th>errors</th></tr>");
+    for w in &g.watches {
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td>",
+            esc(&w.name),
+            esc(&w.path.display().to_string()),
+            if w.up { "up" } else { "down" }
+        );
+        for (_, n) in w.events() {
+            let _ = write!(s, "<td>{n}</td>");
+        }
+        let _ = write!(s, "<td>{}</td><td>{}</td></tr>", w.overflows, w.errors);
+    }
+    s.push_str("</table></body></html>\n");
+    s
+}

@@ -1,0 +1,13 @@
+//! procwatch: supervise programs, watch directories, export it all to Prometheus.
+//!
+//! Data flows one way: config -> supervisor and watcher (the writers) -> published snapshots ->
+//! the metrics collector at scrape time -> HTTP. `app` is the only module that knows them all.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod metrics;
+pub mod procfs;
+pub mod status;
+pub mod supervisor;
+pub mod watch;

@@ -1,0 +1,158 @@
+//! The procwatch binary: flags, logging, the runtime; maps errors to exit codes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+use procwatch::app::{self, Options};
+use procwatch::config::{Config, format_duration};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "procwatch",
+    version,
+    about = "Supervise programs, watch directories, export it all to Prometheus."
+)]
+struct Cli {
+    /// The YAML config; without it, an embedded demo config runs.
+    #[arg(short = 'c', long = "config", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address to serve on [default: the config's listen_address, else :9407].
+    #[arg(long = "web.listen-address", value_name = "HOST:PORT")]
+    listen_address: Option<String>,
+    /// Path under which metrics are exposed.
+    #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics")]
+    telemetry_path: String,
+    /// Allow POST /-/reload.
+    #[arg(long = "web.enable-lifecycle")]
+    enable_lifecycle: bool,
+    /// Log level.
+    #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info)]
+    log_level: LogLevel,
+    /// Log format.
+    #[arg(long = "log.format", value_enum, default_value_t = LogFormat::Logfmt)]
+    log_format: LogFormat,
+    /// Validate the config, print what would run, and exit 0 (valid) or 1.
+    #[arg(long = "check-config")]
+    check_config: bool,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+fn init_logging(level: LogLevel, format: LogFormat) {
+    use tracing_subscriber::prelude::*;
+    let level = match level {
+        LogLevel::Debug => tracing::Level::DEBUG,
+        LogLevel::Info => tracing::Level::INFO,
+        LogLevel::Warn => tracing::Level::WARN,
+        LogLevel::Error => tracing::Level::ERROR,
+    };
+    let filter = tracing_subscriber::filter::LevelFilter::from_level(level);
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Logfmt => registry
+            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .init(),
+    }
+}
+
+fn load(cli: &Cli) -> Result<Config, procwatch::config::ConfigError> {
+    match &cli.config {
+        Some(path) => Config::load(path),
+        None => Ok(Config::demo()),
+    }
+}
+
+fn print_plan(config: &Config) {
+    let source = config
+        .source
+        .as_ref()
+        .map_or_else(|| "<embedded demo>".to_owned(), |p| p.display().to_string());
+    println!(
+        "{source}: config OK: {} programs, {} watches",
+        config.processes.len(),
+        config.watches.len()
+    );
+    for p in &config.processes {
+        println!(
+            "  program {}: {:?} (restart {}, backoff {}..{}, stop {} then SIGKILL after {})",
+            p.name,
+            p.command,
+            p.restart,
+            format_duration(p.backoff.initial),
+            format_duration(p.backoff.max),
+            p.stop_signal.name(),
+            format_duration(p.stop_timeout)
+        );
+    }
+    for w in &config.watches {
+        println!(
+            "  watch {}: {} ({}, include {:?}, exclude {:?})",
+            w.name,
+            w.path.display(),
+            if w.recursive { "recursive" } else { "not recursive" },
+            w.include,
+            w.exclude
+        );
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level, cli.log_format);
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(err) => {
+            eprintln!("procwatch: {err}");
+            return ExitCode::from(1);
+        }
+    };
+    if cli.check_config {
+        print_plan(&config);
+        return ExitCode::SUCCESS;
+    }
+    let options = Options {
+        listen_address: cli.listen_address.clone(),
+        telemetry_path: cli.telemetry_path.clone(),
+        enable_lifecycle: cli.enable_lifecycle,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("procwatch: cannot start the runtime: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = runtime.block_on(async {
+        let listener = app::bind(&options, &config).await?;
+        app::run(options, config, listener, CancellationToken::new()).await
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let code = err.exit_code();
+            eprintln!("procwatch: {:#}", anyhow::Error::from(err));
+            ExitCode::from(code)
+        }
+    }
+}

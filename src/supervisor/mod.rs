@@ -1,0 +1,274 @@
+//! The supervisor: the only writer of program state. It starts, restarts and stops programs and
+//! publishes an immutable snapshot of each program's state after every change.
+//!
+//! Readers (the metrics collector, the status report) load the published list and each
+//! program's status without locks; nothing they do can delay a restart.
+
+mod backoff;
+mod os;
+mod runner;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ProgramConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("cannot become a child subreaper or start the supervisor threads: {0}")]
+    Start(#[source] std::io::Error),
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExitReason {
+    /// Exit code 0.
+    Success,
+    /// A non-zero exit code, or the command could not be started at all.
+    Failure,
+    /// Killed by a signal.
+    Signal,
+}
+
+impl ExitReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExitReason::Success => "success",
+            ExitReason::Failure => "failure",
+            ExitReason::Signal => "signal",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Exit {
+    pub reason: ExitReason,
+    /// The exit code, 128+N for signal N; 127/126 when the command could not be started.
+    pub code: i32,
+}
+
+/// Where a program is in its life.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProgramState {
+    Starting,
+    Running {
+        pid: i32,
+        since: SystemTime,
+    },
+    /// Being stopped by procwatch (shutdown or reload).
+    Stopping {
+        pid: i32,
+        since: SystemTime,
+    },
+    /// Waiting to be started again.
+    BackingOff {
+        until: SystemTime,
+    },
+    /// Not running and not going to be started again (policy, or stopped).
+    Stopped,
+}
+
+impl ProgramState {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProgramState::Starting => "starting",
+            ProgramState::Running { .. } => "running",
+            ProgramState::Stopping { .. } => "stopping",
+            ProgramState::BackingOff { .. } => "backoff",
+            ProgramState::Stopped => "stopped",
+        }
+    }
+
+    /// The main PID and when the current run started, while there is one.
+    pub fn run(&self) -> Option<(i32, SystemTime)> {
+        match *self {
+            ProgramState::Running { pid, since } | ProgramState::Stopping { pid, since } => Some((pid, since)),
+            _ => None,
+        }
+    }
+}
+
+/// One published snapshot of a program.
+#[derive(Debug, Clone)]
+pub struct ProgramStatus {
+    pub config: Arc<ProgramConfig>,
+    pub state: ProgramState,
+    pub restarts: u64,
+    /// Runs ended, by reason: success, failure, signal.
+    pub exits: [u64; 3],
+    pub last_exit: Option<Exit>,
+}
+
+/// A supervised program, kept by name across reloads so its counters go on.
+#[derive(Debug)]
+pub struct Program {
+    pub name: String,
+    status: ArcSwap<ProgramStatus>,
+    /// CPU of every process of this program that procwatch reaped (wait4 rusage), in µs.
+    reaped_user_us: AtomicU64,
+    reaped_system_us: AtomicU64,
+}
+
+impl Program {
+    fn new(config: Arc<ProgramConfig>) -> Program {
+        Program {
+            name: config.name.clone(),
+            status: ArcSwap::from_pointee(ProgramStatus {
+                config,
+                state: ProgramState::Starting,
+                restarts: 0,
+                exits: [0; 3],
+                last_exit: None,
+            }),
+            reaped_user_us: AtomicU64::new(0),
+            reaped_system_us: AtomicU64::new(0),
+        }
+    }
+
+    pub fn status(&self) -> Arc<ProgramStatus> {
+        self.status.load_full()
+    }
+
+    /// (user, system) CPU of the processes of this program that have been reaped.
+    pub fn reaped_cpu(&self) -> (Duration, Duration) {
+        (
+            Duration::from_micros(self.reaped_user_us.load(Ordering::Relaxed)),
+            Duration::from_micros(self.reaped_system_us.load(Ordering::Relaxed)),
+        )
+    }
+}
+
+/// The published list of programs, in config order.
+pub type Programs = Arc<Vec<Arc<Program>>>;
+
+/// A cheap, clonable read-only view for collectors.
+#[derive(Clone)]
+pub struct SupervisorView(Arc<ArcSwap<Vec<Arc<Program>>>>);
+
+impl SupervisorView {
+    pub fn programs(&self) -> Programs {
+        self.0.load_full()
+    }
+}
+
+struct Runner {
+    config: Arc<ProgramConfig>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// What applying a config did, by program name.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    pub restarted: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+pub struct Supervisor {
+    os: Arc<os::Os>,
+    published: Arc<ArcSwap<Vec<Arc<Program>>>>,
+    runners: HashMap<String, Runner>,
+}
+
+impl Supervisor {
+    pub fn new() -> Result<Supervisor, SupervisorError> {
+        Ok(Supervisor {
+            os: os::Os::start().map_err(SupervisorError::Start)?,
+            published: Arc::new(ArcSwap::from_pointee(Vec::new())),
+            runners: HashMap::new(),
+        })
+    }
+
+    pub fn view(&self) -> SupervisorView {
+        SupervisorView(Arc::clone(&self.published))
+    }
+
+    /// Makes the running set match `configs`, by name: unchanged programs are left alone,
+    /// changed ones are stopped and started with their new config, removed ones are stopped,
+    /// added ones are started.
+    pub async fn apply(&mut self, configs: &[ProgramConfig]) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let old: HashMap<String, Arc<Program>> = self
+            .published
+            .load()
+            .iter()
+            .map(|p| (p.name.clone(), Arc::clone(p)))
+            .collect();
+        let wanted: HashMap<&str, &ProgramConfig> = configs.iter().map(|c| (c.name.as_str(), c)).collect();
+
+        // Stop what was removed or changed, all at once.
+        let mut stopping = Vec::new();
+        for (name, runner) in &self.runners {
+            match wanted.get(name.as_str()) {
+                None => report.stopped.push(name.clone()),
+                Some(c) if **c != *runner.config => report.restarted.push(name.clone()),
+                Some(_) => continue,
+            }
+            runner.stop.cancel();
+        }
+        for name in report.stopped.iter().chain(&report.restarted) {
+            if let Some(runner) = self.runners.remove(name) {
+                stopping.push(runner.task);
+            }
+        }
+        for task in stopping {
+            let _ = task.await;
+        }
+
+        let mut list = Vec::with_capacity(configs.len());
+        for config in configs {
+            let program = match old.get(&config.name) {
+                Some(p) if self.runners.contains_key(&config.name) => {
+                    report.unchanged.push(config.name.clone());
+                    list.push(Arc::clone(p));
+                    continue;
+                }
+                Some(p) => Arc::clone(p),
+                None => {
+                    report.started.push(config.name.clone());
+                    Arc::new(Program::new(Arc::new(config.clone())))
+                }
+            };
+            let config = Arc::new(config.clone());
+            let stop = CancellationToken::new();
+            let task = runner::spawn(
+                Arc::clone(&self.os),
+                Arc::clone(&program),
+                Arc::clone(&config),
+                stop.clone(),
+            );
+            self.runners.insert(config.name.clone(), Runner { config, stop, task });
+            list.push(program);
+        }
+        self.published.store(Arc::new(list));
+        report
+    }
+
+    /// Stops every program gracefully; returns when all have stopped or `timeout` passed, in
+    /// which case every group still alive is killed.
+    pub async fn shutdown(&mut self, timeout: Duration) {
+        for runner in self.runners.values() {
+            runner.stop.cancel();
+        }
+        let tasks: Vec<_> = self.runners.drain().map(|(_, r)| r.task).collect();
+        let all = async {
+            for t in tasks {
+                let _ = t.await;
+            }
+        };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!(?timeout, "shutdown_timeout passed; killing what is left");
+            for pgid in self.os.groups() {
+                os::signal_group(pgid, libc::SIGKILL);
+            }
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! The operating-system side of supervision: one thread starts programs, one thread reaps
+//! every child, and a registry says which program a reaped process belonged to.
+//!
+//! procwatch is a child subreaper (prctl(2) `PR_SET_CHILD_SUBREAPER`), so descendants whose
+//! parent exits are re-parented to it. The reaper takes every exit with wait4(2), whose rusage
+//! is the process's CPU plus that of every child it waited for: that is how the CPU of processes
+//! that lived and died between two scrapes is kept.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::Program;
+use crate::config::ProgramConfig;
+use crate::procfs;
+
+/// What the reaper tells a program's runner.
+#[derive(Debug)]
+pub(crate) enum OsEvent {
+    /// The program's main process ended; `status` is the raw wait status.
+    MainExited { pid: i32, status: i32 },
+    /// Some other process of the program was reaped.
+    Reaped,
+}
+
+/// How the reaper finds the program a process belongs to.
+#[derive(Clone)]
+pub(crate) struct Entry {
+    pub(crate) program: Arc<Program>,
+    pub(crate) events: mpsc::UnboundedSender<OsEvent>,
+}
+
+#[derive(Default)]
+struct Registry {
+    /// Main process PID -> program.
+    mains: HashMap<i32, Entry>,
+    /// Process group (= session) ID of a run -> program, until the group is empty.
+    groups: HashMap<i32, Entry>,
+}
+
+struct SpawnRequest {
+    config: Arc<ProgramConfig>,
+    entry: Entry,
+    reply: oneshot::Sender<io::Result<i32>>,
+}
+
+pub(crate) struct Os {
+    /// std Mutex: held only for map updates and across one fork, never across an `.await`.
+    registry: Mutex<Registry>,
+    spawn_tx: std::sync::mpsc::Sender<SpawnRequest>,
+    /// Bumped after each spawn, so that a reaper with no children knows when to look again.
+    spawned: (Mutex<u64>, Condvar),
+}
+
+impl Os {
+    /// Makes procwatch a child subreaper and starts the spawner and reaper threads.
+    pub(crate) fn start() -> io::Result<Arc<Os>> {
+        // SAFETY: plain prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (spawn_tx, spawn_rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        let os = Arc::new(Os {
+            registry: Mutex::new(Registry::default()),
+            spawn_tx,
+            spawned: (Mutex::new(0), Condvar::new()),
+        });
+        // Both threads live as long as the process: PR_SET_PDEATHSIG fires when the *thread*
+        // that forked a child exits, so programs must be forked from a thread that never ends.
+        let spawner = Arc::clone(&os);
+        std::thread::Builder::new()
+            .name("procwatch-spawn".into())
+            .spawn(move || {
+                for req in spawn_rx {
+                    spawner.spawn_now(req);
+                }
+            })?;
+        let reaper = Arc::clone(&os);
+        std::thread::Builder::new()
+            .name("procwatch-reap".into())
+            .spawn(move || reaper.reap_forever())?;
+        Ok(os)
+    }
+
+    /// Starts a program in its own session and process group; returns its PID.
+    pub(crate) async fn spawn(&self, config: Arc<ProgramConfig>, entry: Entry) -> io::Result<i32> {
+        let (reply, rx) = oneshot::channel();
+        self.spawn_tx
+            .send(SpawnRequest { config, entry, reply })
+            .map_err(|_| io::Error::other("spawner thread is gone"))?;
+        rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
+    }
+
+    fn spawn_now(&self, req: SpawnRequest) {
+        // The registry lock is held across the fork so that the reaper cannot take the new
+        // PID's exit before the PID is registered (it peeks with WNOWAIT, then locks).
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        let result = spawn_program(&req.config);
+        if let Ok(pid) = result {
+            reg.mains.insert(pid, req.entry.clone());
+            reg.groups.insert(pid, req.entry);
+        }
+        drop(reg);
+        let (generation, cond) = &self.spawned;
+        *generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        cond.notify_all();
+        let _ = req.reply.send(result);
+    }
+
+    /// Stops attributing processes of the group `pgid` (its run is over and it is empty).
+    pub(crate) fn forget_group(&self, pgid: i32) {
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.groups.remove(&pgid);
+        reg.mains.remove(&pgid);
+    }
+
+    /// Every process group procwatch still answers for.
+    pub(crate) fn groups(&self) -> Vec<i32> {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        reg.groups.keys().copied().collect()
+    }
+
+    fn reap_forever(&self) {
+        let mut reader = procfs::Reader::default();
+        loop {
+            let seen_gen = *self.spawned.0.lock().unwrap_or_else(|e| e.into_inner());
+            // SAFETY: siginfo_t is plain data; waitid fills it.
+            let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+            // Peek (WNOWAIT) so that the zombie's /proc entry can still be read for attribution.
+            let r = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
+            if r != 0 {
+                match io::Error::last_os_error().raw_os_error() {
+                    Some(libc::EINTR) => {}
+                    Some(libc::ECHILD) => self.wait_for_spawn(seen_gen),
+                    _ => {
+                        tracing::error!(error = %io::Error::last_os_error(), "waitid failed");
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+                continue;
+            }
+            // SAFETY: waitid succeeded with WEXITED, so si_pid is set.
+            let pid = unsafe { info.si_pid() };
+            if pid <= 0 {
+                continue;
+            }
+            let stat = reader.stat(pid);
+            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut status = 0;
+            // SAFETY: rusage is plain data; wait4 fills it.
+            let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+            if got != pid {
+                // Someone else reaped it (std reaps a child whose exec failed); nothing to count.
+                continue;
+            }
+            let (event, entry) = if let Some(entry) = reg.mains.remove(&pid) {
+                (OsEvent::MainExited { pid, status }, Some(entry))
+            } else {
+                let entry = stat.and_then(|st| {
+                    reg.groups
+                        .get(&st.pgrp)
+                        .or_else(|| reg.groups.get(&st.session))
+                        .cloned()
+                });
+                (OsEvent::Reaped, entry)
+            };
+            drop(reg);
+            match entry {
+                Some(entry) => {
+                    let p = &entry.program;
+                    p.reaped_user_us.fetch_add(micros(ru.ru_utime), Ordering::Relaxed);
+                    p.reaped_system_us.fetch_add(micros(ru.ru_stime), Ordering::Relaxed);
+                    let _ = entry.events.send(event);
+                }
+                None => tracing::debug!(pid, "reaped a process that belongs to no program"),
+            }
+        }
+    }
+
+    fn wait_for_spawn(&self, seen_gen: u64) {
+        let (generation, cond) = &self.spawned;
+        let guard = generation.lock().unwrap_or_else(|e| e.into_inner());
+        let _unused = cond
+            .wait_while(guard, |g| *g == seen_gen)
+            .unwrap_or_else(|e| e.into_inner());
+    }
+}
+
+fn micros(tv: libc::timeval) -> u64 {
+    (tv.tv_sec.max(0) as u64) * 1_000_000 + tv.tv_usec.max(0) as u64
+}
+
+fn spawn_program(config: &ProgramConfig) -> io::Result<i32> {
+    let mut cmd = Command::new(&config.command[0]);
+    cmd.args(&config.command[1..]).envs(&config.env).stdin(Stdio::null());
+    if let Some(cwd) = &config.cwd {
+        cmd.current_dir(cwd);
+    }
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own session, hence its own process group: signals reach the whole tree.
+            if libc::setsid() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // Die with procwatch, even if procwatch is SIGKILLed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // procwatch died between fork and prctl.
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // Dropping a std Child neither waits nor kills: the reaper thread owns its exit.
+    Ok(child.id() as i32)
+}
+
+/// Sends `signal` to the process group `pgid`; false if the group is gone.
+pub(crate) fn signal_group(pgid: i32, signal: i32) -> bool {
+    // SAFETY: plain syscall.
+    unsafe { libc::killpg(pgid, signal) == 0 }
+}
+
+/// Whether any process (zombies included) is left in the group.
+pub(crate) fn group_alive(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    let r = unsafe { libc::killpg(pgid, 0) };
+    r == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// Decodes a raw wait status into an exit code, with 128+N for a signal N.
+pub(crate) fn exit_code(status: i32) -> (i32, Option<i32>) {
+    if libc::WIFSIGNALED(status) {
+        let sig = libc::WTERMSIG(status);
+        (128 + sig, Some(sig))
+    } else {
+        (libc::WEXITSTATUS(status), None)
+    }
+}
