@@ -1,0 +1,245 @@
+//! The real binary supervising real processes: CPU, memory, restarts, exits, graceful stop.
+
+mod util;
+
+use std::time::{Duration, Instant};
+
+use util::{Procwatch, marker, pids_with, procs_with, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+/// utime + stime (+ children's) of one PID, from /proc, in seconds.
+fn proc_cpu(pid: i32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+    Some((f[11] + f[12] + f[13] + f[14]) / clk_tck())
+}
+
+#[test]
+fn busy_program_cpu_grows_about_one_second_per_second() {
+    let m = marker("busy");
+    let pw = Procwatch::start_marked(
+        "processes:\n  - name: busy\n    command: [sh, -c, 'while :; do :; done']\n",
+        &[],
+        &m,
+    );
+    let s0 = pw.wait_scrape(T, "busy to run", |s| {
+        s.prog("procwatch_process_up", "busy") == Some(1.0)
+    });
+    let pid = s0.prog("procwatch_process_pid", "busy").unwrap() as i32;
+    let (c0, t0) = (s0.cpu("busy"), Instant::now());
+    std::thread::sleep(Duration::from_secs(3));
+    let s1 = pw.scrape();
+    let (c1, wall) = (s1.cpu("busy"), t0.elapsed().as_secs_f64());
+    let kernel = proc_cpu(pid).expect("busy is alive");
+    let rate = (c1 - c0) / wall;
+    // One core's worth, give or take what other tests take from a 2-core machine.
+    assert!((0.5..=1.05).contains(&rate), "CPU rate {rate:.3} s/s over {wall:.1}s");
+    // And it is what the kernel says, not an estimate.
+    assert!(
+        (kernel - c1).abs() < 0.1,
+        "procwatch says {c1:.3}s, /proc says {kernel:.3}s"
+    );
+}
+
+#[test]
+fn memory_and_process_count_cover_the_whole_tree() {
+    let m = marker("mem");
+    let hog = "import time; b = chr(120).encode() * (60 << 20); time.sleep(600)";
+    let pw = Procwatch::start_marked(
+        &format!(
+            "processes:\n  - name: mem\n    command: [sh, -c, 'python3 -c \"{hog}\" & python3 -c \"{hog}\" & wait']\n"
+        ),
+        &[],
+        &m,
+    );
+    let s = pw.wait_scrape(T, "two 60 MB children", |s| {
+        s.prog("procwatch_process_resident_memory_bytes", "mem").unwrap_or(0.0) > 110e6
+    });
+    assert_eq!(s.prog("procwatch_process_count", "mem"), Some(3.0));
+    assert!(s.prog("procwatch_process_virtual_memory_bytes", "mem").unwrap() > 120e6);
+    assert!(s.prog("procwatch_process_threads", "mem").unwrap() >= 3.0);
+    assert!(s.prog("procwatch_process_open_fds", "mem").unwrap() >= 3.0);
+}
+
+#[test]
+fn crashing_program_is_restarted_with_backoff_and_counted() {
+    let pw = Procwatch::start(
+        "processes:\n  - name: crash\n    command: [sh, -c, 'exit 3']\n    backoff: {initial: 100ms, max: 2s}\n",
+        &[],
+    );
+    let t0 = Instant::now();
+    let s = pw.wait_scrape(T, "4 restarts", |s| {
+        s.prog("procwatch_process_restarts_total", "crash").unwrap_or(0.0) >= 4.0
+    });
+    // 100 + 200 + 400 + 800 ms of backoff at least lie before the 4th restart.
+    assert!(t0.elapsed() >= Duration::from_millis(1500), "{:?}", t0.elapsed());
+    let restarts = s.prog("procwatch_process_restarts_total", "crash").unwrap();
+    let failures = s
+        .get(
+            "procwatch_process_exits_total",
+            &[("name", "crash"), ("reason", "failure")],
+        )
+        .unwrap();
+    assert!(
+        failures >= restarts && failures <= restarts + 1.0,
+        "{failures} exits, {restarts} restarts"
+    );
+    assert_eq!(
+        s.get(
+            "procwatch_process_exits_total",
+            &[("name", "crash"), ("reason", "success")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(s.prog("procwatch_process_last_exit_code", "crash"), Some(3.0));
+    // Backing off is down, and a down program has no PID.
+    let s = pw.wait_scrape(T, "crash to be between runs", |s| {
+        s.prog("procwatch_process_up", "crash") == Some(0.0)
+    });
+    assert_eq!(s.prog("procwatch_process_uptime_seconds", "crash"), Some(0.0));
+}
+
+#[test]
+fn signal_exit_and_never_policy() {
+    let pw = Procwatch::start(
+        "processes:\n  - name: killed\n    command: [sh, -c, 'kill -9 $$']\n    restart: never\n",
+        &[],
+    );
+    let s = pw.wait_scrape(T, "the signal exit", |s| {
+        s.get(
+            "procwatch_process_exits_total",
+            &[("name", "killed"), ("reason", "signal")],
+        ) == Some(1.0)
+    });
+    assert_eq!(s.prog("procwatch_process_last_exit_code", "killed"), Some(137.0));
+    assert_eq!(s.prog("procwatch_process_restarts_total", "killed"), Some(0.0));
+    assert_eq!(s.prog("procwatch_process_up", "killed"), Some(0.0));
+    assert_eq!(s.prog("procwatch_process_pid", "killed"), None);
+}
+
+/// Children that burn CPU and exit between scrapes: both those their parent waits for and
+/// orphans that procwatch reaps must be counted.
+#[test]
+fn short_lived_childrens_cpu_is_counted() {
+    let m = marker("short");
+    // Each child burns 0.2 s of its own CPU and exits.
+    let burn = "import time\nwhile time.process_time() < 0.2: pass";
+    let waited = format!("for i in 1 2 3 4 5 6 7 8; do python3 -c '{burn}'; done; sleep 600");
+    // Double fork: the burners are orphaned at once and re-parented to procwatch.
+    let orphaned = format!("for i in 1 2 3 4 5 6 7 8; do (python3 -c '{burn}' &); sleep 0.05; done; sleep 600");
+    let yaml = format!(
+        "processes:\n  - name: waited\n    command: [sh, -c, \"{}\"]\n  - name: orphaned\n    command: [sh, -c, \"{}\"]\n",
+        waited.replace('\n', "\\n"),
+        orphaned.replace('\n', "\\n")
+    );
+    let pw = Procwatch::start_marked(&yaml, &[], &m);
+    let burned = 8.0 * 0.2;
+    let s = pw.wait_scrape(Duration::from_secs(60), "both programs to burn 1.6 s", |s| {
+        s.cpu("waited") >= 0.95 * burned && s.cpu("orphaned") >= 0.95 * burned
+    });
+    // Wait for the burners to be gone, then check nothing was counted twice.
+    wait_for(T, "the burners to exit", || {
+        (!procs_with(&m).iter().any(|(_, cmd)| cmd.starts_with("python3"))).then_some(())
+    });
+    let s2 = pw.scrape();
+    for name in ["waited", "orphaned"] {
+        let cpu = s2.cpu(name);
+        assert!(cpu >= 0.95 * burned, "{name}: {cpu:.3}s of {burned}s");
+        // Interpreter start-up adds a little; counting twice would add 100%.
+        assert!(cpu < 1.6 * burned, "{name}: {cpu:.3}s counted for {burned}s burned");
+        assert!(cpu >= s.cpu(name), "{name}: a counter went down");
+    }
+}
+
+#[test]
+fn sigterm_stops_everything_including_grandchildren_and_stubborn_programs() {
+    let m = marker("term");
+    let yaml = "shutdown_timeout: 20s\nprocesses:\n\
+         \x20 - name: plain\n    command: [sleep, '600']\n\
+         \x20 - name: family\n    command: [sh, -c, 'sleep 600 & sleep 601 & wait']\n\
+         \x20 - name: stubborn\n    command: [sh, -c, 'trap \"\" TERM; sleep 602 & wait; sleep 603']\n    stop_timeout: 1s\n\
+         \x20 - name: orphan\n    command: [sh, -c, '(setsid sleep 604 &); sleep 605']\n";
+    let mut pw = Procwatch::start_marked(yaml, &[], &m);
+    pw.wait_scrape(T, "every program up", |s| {
+        ["plain", "family", "stubborn", "orphan"]
+            .iter()
+            .all(|n| s.prog("procwatch_process_up", n) == Some(1.0))
+            && s.prog("procwatch_process_count", "family") == Some(3.0)
+    });
+    wait_for(T, "the setsid grandchild", || {
+        procs_with(&m).iter().find(|(_, cmd)| cmd == "sleep 604").map(|p| p.0)
+    });
+    assert!(pids_with(&m).len() >= 8, "{:?}", pids_with(&m));
+    let t0 = Instant::now();
+    let status = pw.stop();
+    assert!(status.success(), "exit status {status:?}\n{}", pw.stderr());
+    assert!(
+        t0.elapsed() >= Duration::from_secs(1),
+        "stubborn was given its stop_timeout"
+    );
+    assert!(t0.elapsed() < Duration::from_secs(20), "{:?}", t0.elapsed());
+    let left = pids_with(&m);
+    assert!(left.is_empty(), "left running: {left:?}\n{}", pw.stderr());
+}
+
+#[test]
+fn command_that_cannot_start_is_counted_and_retried() {
+    let pw = Procwatch::start(
+        "processes:\n  - name: ghost\n    command: [/nonexistent/ghost]\n    backoff: {initial: 50ms, max: 200ms}\n  - name: fine\n    command: [sleep, '600']\n",
+        &[],
+    );
+    let s = pw.wait_scrape(T, "ghost to be retried", |s| {
+        s.prog("procwatch_process_restarts_total", "ghost").unwrap_or(0.0) >= 3.0
+    });
+    assert!(
+        s.get(
+            "procwatch_process_exits_total",
+            &[("name", "ghost"), ("reason", "failure")]
+        )
+        .unwrap()
+            >= 3.0
+    );
+    assert_eq!(s.prog("procwatch_process_last_exit_code", "ghost"), Some(127.0));
+    assert_eq!(s.prog("procwatch_process_up", "fine"), Some(1.0));
+    assert!(pw.stderr().contains("cannot start program"), "{}", pw.stderr());
+}
+
+#[test]
+fn cwd_and_env_are_applied() {
+    let m = marker("env");
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "processes:\n  - name: env\n    command: [sh, -c, 'echo \"$PWD $GREETING\" > out.txt; sleep 600']\n    cwd: {}\n    env: {{GREETING: hello}}\n",
+        dir.path().display()
+    );
+    let _pw = Procwatch::start_marked(&yaml, &[], &m);
+    let out = dir.path().join("out.txt");
+    let text = wait_for(T, "the program to write out.txt", || {
+        std::fs::read_to_string(&out).ok().filter(|t| t.ends_with('\n'))
+    });
+    assert_eq!(text.trim(), format!("{} hello", dir.path().display()));
+}
+
+#[test]
+fn programs_run_in_their_own_process_group() {
+    let m = marker("pgrp");
+    let pw = Procwatch::start_marked("processes:\n  - name: g\n    command: [sleep, '600']\n", &[], &m);
+    let s = pw.wait_scrape(T, "g up", |s| s.prog("procwatch_process_up", "g") == Some(1.0));
+    let pid = s.prog("procwatch_process_pid", "g").unwrap() as i32;
+    // SAFETY: plain syscalls.
+    let (pgid, sid) = unsafe { (libc::getpgid(pid), libc::getsid(pid)) };
+    assert_eq!((pgid, sid), (pid, pid));
+    let start = s.prog("procwatch_process_start_time_seconds", "g").unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!((now - start).abs() < 60.0);
+}

@@ -1,0 +1,287 @@
+//! A small harness that drives the real procwatch binary: start it on 127.0.0.1 with a free
+//! port, scrape it, send it signals, poll conditions with one deadline, and clean up.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_procwatch");
+
+/// Polls `f` until it returns `Some`, or panics with `what` after `timeout`.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// The environment variable that marks every process a test's procwatch started: programs
+/// inherit procwatch's environment, and their descendants inherit theirs, setsid or not.
+pub const MARKER_VAR: &str = "PWTEST_MARKER";
+
+/// A unique token for this test, to find the processes it started.
+pub fn marker(test: &str) -> String {
+    format!("pwtest-{test}-{}", std::process::id())
+}
+
+/// PIDs of live processes (zombies excluded) whose environment carries `marker`, with their
+/// command lines.
+pub fn procs_with(marker: &str) -> Vec<(i32, String)> {
+    let needle = format!("{MARKER_VAR}={marker}");
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !env.split(|&b| b == 0).any(|kv| kv == needle.as_bytes()) {
+            continue;
+        }
+        // A zombie has an empty cmdline: it is not running.
+        let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if cmd.is_empty() {
+            continue;
+        }
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        out.push((pid, cmd.trim_end().to_owned()));
+    }
+    out
+}
+
+pub fn pids_with(marker: &str) -> Vec<i32> {
+    procs_with(marker).into_iter().map(|(pid, _)| pid).collect()
+}
+
+/// Parsed samples of one scrape: `name{labels}` -> value, labels sorted as written.
+pub struct Scrape {
+    pub text: String,
+    pub samples: HashMap<String, f64>,
+}
+
+impl Scrape {
+    pub fn parse(text: String) -> Scrape {
+        let mut samples = HashMap::new();
+        for line in text.lines() {
+            if line.starts_with('#') || line.is_empty() {
+                continue;
+            }
+            if let Some((k, v)) = line.rsplit_once(' ') {
+                samples.insert(k.to_owned(), v.parse().unwrap_or(f64::NAN));
+            }
+        }
+        Scrape { text, samples }
+    }
+
+    /// `get("procwatch_process_up", &[("name", "web")])`
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let key = if labels.is_empty() {
+            name.to_owned()
+        } else {
+            let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            format!("{name}{{{}}}", l.join(","))
+        };
+        self.samples.get(&key).copied()
+    }
+
+    pub fn prog(&self, name: &str, program: &str) -> Option<f64> {
+        self.get(name, &[("name", program)])
+    }
+
+    pub fn cpu(&self, program: &str) -> f64 {
+        self.get(
+            "procwatch_process_cpu_seconds_total",
+            &[("name", program), ("mode", "user")],
+        )
+        .unwrap_or(0.0)
+            + self
+                .get(
+                    "procwatch_process_cpu_seconds_total",
+                    &[("name", program), ("mode", "system")],
+                )
+                .unwrap_or(0.0)
+    }
+}
+
+/// A minimal HTTP/1.1 client: (status, headers, body).
+pub fn http(addr: &str, method: &str, path: &str, extra_headers: &str) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(20)))?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n{extra_headers}\r\n"
+    )?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, head.to_owned(), body.to_owned()))
+}
+
+pub struct Procwatch {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub addr: String,
+    exited: Option<ExitStatus>,
+}
+
+impl Procwatch {
+    /// Starts procwatch with `yaml` as its config and `extra` flags; waits until it serves.
+    pub fn start(yaml: &str, extra: &[&str]) -> Procwatch {
+        Self::start_marked(yaml, extra, &marker("anon"))
+    }
+
+    /// Like `start`, with every process it starts marked with `marker` (see [`procs_with`]).
+    pub fn start_marked(yaml: &str, extra: &[&str], marker: &str) -> Procwatch {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("procwatch.yaml");
+        std::fs::write(&config, yaml).expect("write config");
+        let config_arg = config.to_str().expect("utf-8 path").to_owned();
+        let mut args = vec!["--config", &config_arg];
+        args.extend_from_slice(extra);
+        Self::start_in(dir, config.clone(), &args, marker)
+    }
+
+    /// Starts procwatch with exactly `args` (plus a free loopback port) in `dir`.
+    pub fn start_in(dir: tempfile::TempDir, config: PathBuf, args: &[&str], marker: &str) -> Procwatch {
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
+        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
+        let child = Command::new(BIN)
+            .args(args)
+            .args(["--web.listen-address", "127.0.0.1:0", "--log.level", "debug"])
+            .current_dir(dir.path())
+            .env(MARKER_VAR, marker)
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("start procwatch");
+        let mut pw = Procwatch {
+            child,
+            dir,
+            config,
+            addr: String::new(),
+            exited: None,
+        };
+        let log = pw.dir.path().join("stderr.log");
+        pw.addr = wait_for(Duration::from_secs(20), "procwatch to log its address", || {
+            let text = std::fs::read_to_string(&log).ok()?;
+            if let Ok(Some(status)) = pw.child.try_wait() {
+                panic!("procwatch exited at start-up with {status}:\n{text}");
+            }
+            let at = text.find("addr=")?;
+            let rest = &text[at + 5..];
+            Some(rest.split_whitespace().next()?.to_owned())
+        });
+        wait_for(Duration::from_secs(20), "procwatch to be ready", || {
+            http(&pw.addr, "GET", "/-/ready", "").ok().filter(|r| r.0 == 200)
+        });
+        pw
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    pub fn scrape(&self) -> Scrape {
+        let (status, _, body) = http(&self.addr, "GET", "/metrics", "").expect("scrape");
+        assert_eq!(status, 200, "scrape status");
+        Scrape::parse(body)
+    }
+
+    /// Scrapes until `f` holds on a scrape, and returns that scrape.
+    pub fn wait_scrape(&self, timeout: Duration, what: &str, f: impl Fn(&Scrape) -> bool) -> Scrape {
+        wait_for(timeout, what, || Some(self.scrape()).filter(|s| f(s)))
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain syscall to our own child.
+        unsafe { libc::kill(self.pid(), sig) };
+    }
+
+    /// Waits for procwatch to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        if let Some(s) = self.exited {
+            return s;
+        }
+        let child = &mut self.child;
+        let status = wait_for(timeout, "procwatch to exit", || child.try_wait().ok().flatten());
+        self.exited = Some(status);
+        status
+    }
+
+    /// SIGTERM, then the exit status.
+    pub fn stop(&mut self) -> ExitStatus {
+        self.signal(libc::SIGTERM);
+        self.wait_exit(Duration::from_secs(30))
+    }
+
+    pub fn write_config(&self, yaml: &str) {
+        std::fs::write(&self.config, yaml).expect("write config");
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+}
+
+impl Drop for Procwatch {
+    fn drop(&mut self) {
+        if self.exited.is_none() && self.child.try_wait().ok().flatten().is_none() {
+            // Graceful first, so that procwatch takes its programs down with it.
+            self.signal(libc::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if self.child.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs procwatch to completion with `args` (for config errors and --check-config).
+pub fn run_to_end(args: &[&str], cwd: &Path, marker: &str) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .env(MARKER_VAR, marker)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run procwatch");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
