@@ -1,11 +1,20 @@
-//! File watches: notify (inotify(7)) events -> per-watch atomic counters by kind.
+//! File watches: inotify(7) events -> per-watch atomic counters by kind.
 //!
-//! Counting happens in notify's callback with atomics, so the kernel queue is drained at full
-//! speed and no count waits on anything slower. A queue overflow (`IN_Q_OVERFLOW`) is counted
-//! and logged: events were lost, and the metric says so. A path that does not exist (yet, or
-//! any more) is retried every few seconds; the watcher knows nothing of programs.
+//! Each watch drains its own inotify instance in one task and counts with atomics, so the
+//! kernel queue is read as fast as it fills and no count waits on anything slower. A queue
+//! overflow (`IN_Q_OVERFLOW`) is counted and logged: events were lost, and the metric says so.
+//! A path that does not exist (yet, or any more) is retried every few seconds. The watcher
+//! knows nothing of programs.
+//!
+//! Exactness: a directory created under a recursive watch is watched at once and then listed,
+//! and what the listing finds is counted as created, so files made in it before its watch
+//! existed are not lost; a name counted by a listing is not counted again when its own
+//! `IN_CREATE` turns up. One rename is one event (its `IN_MOVED_FROM`, or its `IN_MOVED_TO`
+//! when it came from outside the watch); a removed directory is one event (its parent's
+//! `IN_DELETE`, not its own `IN_DELETE_SELF`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -13,9 +22,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use globset::{Glob, GlobSet, GlobSetBuilder};
-use notify::event::{EventKind, ModifyKind, RenameMode};
-use notify::{RecursiveMode, Watcher};
-use tokio::sync::Notify;
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use tokio::io::unix::AsyncFd;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -224,6 +232,40 @@ impl Watches {
     }
 }
 
+/// Include and exclude globs, matched on the path relative to the watch root.
+struct Filter {
+    include: Option<GlobSet>,
+    exclude: Option<GlobSet>,
+}
+
+/// A name no file can have (it holds a NUL): a directory whose every entry would be excluded
+/// matches `dir/PROBE`, and is not watched at all (`target/**`, `.git/**`).
+const PROBE: &str = "\0";
+
+impl Filter {
+    fn new(config: &WatchConfig) -> Filter {
+        Filter {
+            include: glob_set(&config.include),
+            exclude: glob_set(&config.exclude),
+        }
+    }
+
+    fn wanted(&self, rel: &Path) -> bool {
+        if let Some(ex) = &self.exclude
+            && ex.is_match(rel)
+        {
+            return false;
+        }
+        self.include.as_ref().is_none_or(|inc| inc.is_match(rel))
+    }
+
+    fn prunes(&self, dir: &Path) -> bool {
+        self.exclude
+            .as_ref()
+            .is_some_and(|ex| !dir.as_os_str().is_empty() && ex.is_match(dir.join(PROBE)))
+    }
+}
+
 fn glob_set(globs: &[String]) -> Option<GlobSet> {
     if globs.is_empty() {
         return None;
@@ -240,13 +282,9 @@ fn glob_set(globs: &[String]) -> Option<GlobSet> {
 
 /// One watch's life: establish, count, and re-establish when the path comes back.
 async fn run_watch(config: WatchConfig, stats: Arc<WatchStats>, stop: CancellationToken) {
-    let include = glob_set(&config.include);
-    let exclude = glob_set(&config.exclude);
+    let filter = Arc::new(Filter::new(&config));
     let mut said_missing = false;
-    loop {
-        if stop.is_cancelled() {
-            break;
-        }
+    while !stop.is_cancelled() {
         let root = match std::fs::canonicalize(&config.path) {
             Ok(root) => root,
             Err(err) => {
@@ -261,152 +299,272 @@ async fn run_watch(config: WatchConfig, stats: Arc<WatchStats>, stop: Cancellati
             }
         };
         said_missing = false;
-        let gone = Arc::new(Notify::new());
-        let handler = Counter {
-            stats: Arc::clone(&stats),
-            root: root.clone(),
-            include: include.clone(),
-            exclude: exclude.clone(),
-            gone: Arc::clone(&gone),
-            last_from_cookie: None,
-            last_removed: None,
-        };
-        let mode = if config.recursive {
-            RecursiveMode::Recursive
-        } else {
-            RecursiveMode::NonRecursive
-        };
-        let established = notify::recommended_watcher(handler).and_then(|mut w| w.watch(&root, mode).map(|()| w));
-        let watcher = match established {
-            Ok(w) => w,
+        match Tree::establish(root.clone(), config.recursive, Arc::clone(&filter), Arc::clone(&stats)) {
+            Ok((fd, tree)) => {
+                stats.up.store(true, Ordering::Relaxed);
+                info!(watch = %config.name, path = %root.display(), recursive = config.recursive, dirs = tree.dirs.len(), "watching");
+                let gone = tree.run(fd, &stop).await;
+                stats.up.store(false, Ordering::Relaxed);
+                if gone {
+                    warn!(watch = %config.name, path = %root.display(), "watched path went away; waiting for it to come back");
+                }
+            }
             Err(err) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(watch = %config.name, path = %root.display(), error = %err, "{}", hint(&err));
+                warn!(watch = %config.name, path = %root.display(), error = %err, "cannot watch{}", hint(&err));
                 tokio::select! {
-                    _ = tokio::time::sleep(RETRY_EVERY) => continue,
+                    _ = tokio::time::sleep(RETRY_EVERY) => {}
                     _ = stop.cancelled() => break,
                 }
             }
-        };
-        stats.up.store(true, Ordering::Relaxed);
-        info!(watch = %config.name, path = %root.display(), recursive = config.recursive, "watching");
-        tokio::select! {
-            _ = gone.notified() => {
-                warn!(watch = %config.name, path = %root.display(), "watched path went away; waiting for it to come back");
-            }
-            _ = stop.cancelled() => {}
         }
-        stats.up.store(false, Ordering::Relaxed);
-        drop(watcher);
     }
     stats.up.store(false, Ordering::Relaxed);
 }
 
-fn hint(err: &notify::Error) -> String {
-    match &err.kind {
-        notify::ErrorKind::MaxFilesWatch => {
-            "cannot watch: out of inotify watches; raise the limit with `sysctl fs.inotify.max_user_watches=N`"
-                .to_owned()
+fn hint(err: &std::io::Error) -> &'static str {
+    match err.raw_os_error() {
+        Some(libc::ENOSPC) => ": out of inotify watches; raise the limit with `sysctl fs.inotify.max_user_watches=N`",
+        Some(libc::EMFILE) => {
+            ": out of inotify instances; raise the limit with `sysctl fs.inotify.max_user_instances=N`"
         }
-        _ => "cannot watch".to_owned(),
+        _ => "",
     }
 }
 
-/// The notify callback. It runs on notify's thread and only touches atomics.
-struct Counter {
-    stats: Arc<WatchStats>,
+const DIR_MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MODIFY)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::DONT_FOLLOW);
+
+/// The watched tree: which inotify watch is which directory, and what was counted by listing.
+struct Tree {
+    watches: inotify::Watches,
     root: PathBuf,
-    include: Option<GlobSet>,
-    exclude: Option<GlobSet>,
-    gone: Arc<Notify>,
-    /// inotify cookie of the last IN_MOVED_FROM: its IN_MOVED_TO is the same rename.
-    last_from_cookie: Option<usize>,
-    /// A removed directory is reported twice (IN_DELETE on the parent, IN_DELETE_SELF on
-    /// itself): the second report is dropped.
-    last_removed: Option<PathBuf>,
+    root_wd: Option<WatchDescriptor>,
+    recursive: bool,
+    filter: Arc<Filter>,
+    stats: Arc<WatchStats>,
+    /// Watch -> directory, relative to the root ("" is the root; a watched file's own name).
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    /// Names counted as created by listing a new directory, whose `IN_CREATE` may still come.
+    listed: HashMap<WatchDescriptor, HashSet<OsString>>,
+    /// Cookie of the last `IN_MOVED_FROM`: the `IN_MOVED_TO` with it is the same rename.
+    last_from: Option<u32>,
 }
 
-impl Counter {
-    fn wanted(&self, path: &Path) -> bool {
-        let rel = path.strip_prefix(&self.root).unwrap_or(path);
-        if let Some(ex) = &self.exclude
-            && ex.is_match(rel)
-        {
-            return false;
+impl Tree {
+    fn establish(
+        root: PathBuf,
+        recursive: bool,
+        filter: Arc<Filter>,
+        stats: Arc<WatchStats>,
+    ) -> std::io::Result<(AsyncFd<Inotify>, Tree)> {
+        let inotify = Inotify::init()?;
+        let mut tree = Tree {
+            watches: inotify.watches(),
+            root,
+            root_wd: None,
+            recursive,
+            filter,
+            stats,
+            dirs: HashMap::new(),
+            listed: HashMap::new(),
+            last_from: None,
+        };
+        if tree.root.is_dir() {
+            let wd = tree.watches.add(&tree.root, DIR_MASK | WatchMask::ONLYDIR)?;
+            // The root's own watch first, so that an unwatchable root is an error; then the
+            // tree below it, without counting what is already there.
+            tree.root_wd = Some(wd);
+            tree.add_tree(Path::new(""), false);
+        } else {
+            let wd = tree.watches.add(&tree.root, DIR_MASK)?;
+            let name = tree.root.file_name().map(PathBuf::from).unwrap_or_default();
+            tree.root_wd = Some(wd.clone());
+            tree.dirs.insert(wd, name);
         }
-        match &self.include {
-            Some(inc) => inc.is_match(rel),
-            None => true,
+        // SAFETY: `Inotify` owns its descriptor and closes it only when dropped, which happens
+        // only after the `AsyncFd` (its owner) deregisters it.
+        let fd = unsafe { AsyncFd::register_with_interest(inotify, tokio::io::Interest::READABLE) }?;
+        Ok((fd, tree))
+    }
+
+    /// Watches `rel` and, if recursive, every directory below it. With `count`, everything
+    /// found is counted as created (it was made after its parent's event).
+    fn add_tree(&mut self, rel: &Path, count: bool) {
+        let mut stack = vec![rel.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            if self.filter.prunes(&dir) {
+                continue;
+            }
+            let wd = match self.watches.add(self.root.join(&dir), DIR_MASK | WatchMask::ONLYDIR) {
+                Ok(wd) => wd,
+                // Gone again already, or not a directory (a symlink): nothing to watch.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
+                Err(err) => {
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                    warn!(watch = %self.stats.name, dir = %self.root.join(&dir).display(), error = %err, "cannot watch directory{}", hint(&err));
+                    continue;
+                }
+            };
+            self.dirs.insert(wd.clone(), dir.clone());
+            stack.extend(self.list(&wd, &dir, count));
         }
     }
 
-    fn on_event(&mut self, event: notify::Event) {
-        if event.need_rescan() {
+    /// Lists `dir` (watched as `wd`); returns its subdirectories when recursive.
+    fn list(&mut self, wd: &WatchDescriptor, dir: &Path, count: bool) -> Vec<PathBuf> {
+        let mut subdirs = Vec::new();
+        let Ok(entries) = std::fs::read_dir(self.root.join(dir)) else {
+            return subdirs;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let rel = dir.join(&name);
+            if count {
+                if self.filter.wanted(&rel) {
+                    self.stats.count(CREATE);
+                }
+                self.listed.entry(wd.clone()).or_default().insert(name);
+            }
+            if self.recursive && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                subdirs.push(rel);
+            }
+        }
+        subdirs
+    }
+
+    /// Stops watching `rel` and everything below it (it moved out of the tree).
+    fn forget_tree(&mut self, rel: &Path) {
+        let gone: Vec<WatchDescriptor> = self
+            .dirs
+            .iter()
+            .filter(|(_, d)| d.starts_with(rel))
+            .map(|(wd, _)| wd.clone())
+            .collect();
+        for wd in gone {
+            let _ = self.watches.remove(wd.clone());
+            self.dirs.remove(&wd);
+            self.listed.remove(&wd);
+        }
+    }
+
+    fn unlist(&mut self, wd: &WatchDescriptor, name: Option<&OsStr>) -> bool {
+        match (self.listed.get_mut(wd), name) {
+            (Some(set), Some(name)) => set.remove(name),
+            _ => false,
+        }
+    }
+
+    /// Reads events until the root goes away (true) or `stop` (false).
+    async fn run(mut self, mut fd: AsyncFd<Inotify>, stop: &CancellationToken) -> bool {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let mut guard = tokio::select! {
+                g = fd.readable_mut() => match g {
+                    Ok(g) => g,
+                    Err(err) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(watch = %self.stats.name, error = %err, "inotify failed");
+                        return true;
+                    }
+                },
+                _ = stop.cancelled() => return false,
+            };
+            loop {
+                match guard.get_inner_mut().read_events(&mut buf) {
+                    Ok(events) => {
+                        for ev in events {
+                            if self.on_event(ev.wd, ev.mask, ev.cookie, ev.name) {
+                                return true;
+                            }
+                        }
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        guard.clear_ready();
+                        break;
+                    }
+                    Err(err) => {
+                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!(watch = %self.stats.name, error = %err, "reading inotify events failed");
+                        return true;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Counts one event; true when the root itself is gone.
+    fn on_event(&mut self, wd: WatchDescriptor, mask: EventMask, cookie: u32, name: Option<&OsStr>) -> bool {
+        if mask.contains(EventMask::Q_OVERFLOW) {
             self.stats.overflows.fetch_add(1, Ordering::Relaxed);
             warn!(watch = %self.stats.name, "kernel event queue overflowed: events were lost (raise fs.inotify.max_queued_events)");
-            return;
-        }
-        let Some(path) = event.paths.first() else {
-            if !matches!(event.kind, EventKind::Access(_)) {
-                self.stats.count(OTHER);
+            // Directories made during the loss are not watched yet: look again.
+            if self.recursive && self.root_wd.is_some() {
+                self.add_tree(Path::new(""), false);
             }
-            return;
+            return false;
+        }
+        let is_root = self.root_wd.as_ref() == Some(&wd);
+        if mask.contains(EventMask::IGNORED) {
+            self.dirs.remove(&wd);
+            self.listed.remove(&wd);
+            return is_root;
+        }
+        if mask.intersects(EventMask::DELETE_SELF | EventMask::MOVE_SELF) {
+            // A subdirectory's own removal was counted at its parent; the root's ends the watch.
+            return is_root;
+        }
+        let Some(dir) = self.dirs.get(&wd) else {
+            return false;
         };
-        if *path == self.root {
-            // The root itself was removed or moved away: the watch is gone, not an event in it.
-            if matches!(
-                event.kind,
-                EventKind::Remove(_) | EventKind::Modify(ModifyKind::Name(_))
-            ) {
-                self.stats.up.store(false, Ordering::Relaxed);
-                self.gone.notify_one();
-            }
-            return;
-        }
-        let kind = match event.kind {
-            EventKind::Access(_) => return,
-            EventKind::Create(_) => CREATE,
-            EventKind::Remove(_) => {
-                if self.last_removed.as_deref() == Some(path.as_path()) {
-                    self.last_removed = None;
-                    return;
-                }
-                self.last_removed = Some(path.clone());
-                REMOVE
-            }
-            EventKind::Modify(ModifyKind::Data(_)) => MODIFY,
-            // One rename is one event: counted at its IN_MOVED_FROM when the source is watched,
-            // else at its IN_MOVED_TO; notify's extra "Both" event is not counted.
-            EventKind::Modify(ModifyKind::Name(RenameMode::From)) => {
-                self.last_from_cookie = event.tracker();
-                RENAME
-            }
-            EventKind::Modify(ModifyKind::Name(RenameMode::To)) => {
-                if event.tracker().is_some() && event.tracker() == self.last_from_cookie {
-                    return;
-                }
-                RENAME
-            }
-            EventKind::Modify(ModifyKind::Name(_)) => return,
-            _ => OTHER,
+        let rel = match name {
+            Some(n) => dir.join(n),
+            None => dir.clone(),
         };
-        if kind != REMOVE {
-            self.last_removed = None;
-        }
-        if self.wanted(path) {
+        let is_dir = mask.contains(EventMask::ISDIR);
+        let kind = if mask.contains(EventMask::CREATE) {
+            if self.unlist(&wd, name) {
+                return false;
+            }
+            if is_dir && self.recursive {
+                self.add_tree(&rel, true);
+            }
+            CREATE
+        } else if mask.contains(EventMask::DELETE) {
+            self.unlist(&wd, name);
+            REMOVE
+        } else if mask.contains(EventMask::MOVED_FROM) {
+            self.unlist(&wd, name);
+            self.last_from = Some(cookie);
+            if is_dir {
+                self.forget_tree(&rel);
+            }
+            RENAME
+        } else if mask.contains(EventMask::MOVED_TO) {
+            if is_dir && self.recursive {
+                self.add_tree(&rel, false);
+            }
+            if self.last_from.take() == Some(cookie) {
+                return false;
+            }
+            RENAME
+        } else if mask.contains(EventMask::MODIFY) {
+            MODIFY
+        } else if mask.contains(EventMask::ATTRIB) {
+            OTHER
+        } else {
+            return false;
+        };
+        if self.filter.wanted(&rel) {
             self.stats.count(kind);
         }
-    }
-}
-
-impl notify::EventHandler for Counter {
-    fn handle_event(&mut self, event: notify::Result<notify::Event>) {
-        match event {
-            Ok(event) => self.on_event(event),
-            Err(err) => {
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(watch = %self.stats.name, error = %err, "{}", hint(&err));
-            }
-        }
+        false
     }
 }

@@ -70,11 +70,12 @@ fn memory_and_process_count_cover_the_whole_tree() {
 
 #[test]
 fn crashing_program_is_restarted_with_backoff_and_counted() {
+    // Before the start, so that the whole first backoff lies after it.
+    let t0 = Instant::now();
     let pw = Procwatch::start(
         "processes:\n  - name: crash\n    command: [sh, -c, 'exit 3']\n    backoff: {initial: 100ms, max: 2s}\n",
         &[],
     );
-    let t0 = Instant::now();
     let s = pw.wait_scrape(T, "4 restarts", |s| {
         s.prog("procwatch_process_restarts_total", "crash").unwrap_or(0.0) >= 4.0
     });
