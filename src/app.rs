@@ -212,14 +212,14 @@ impl Running {
             p.started, p.stopped, p.restarted, p.unchanged, w.started, w.stopped, w.restarted, w.unchanged
         );
         info!(
-            programs_started = ?p.started,
-            programs_stopped = ?p.stopped,
-            programs_restarted = ?p.restarted,
-            programs_unchanged = ?p.unchanged,
-            watches_started = ?w.started,
-            watches_stopped = ?w.stopped,
-            watches_restarted = ?w.restarted,
-            watches_unchanged = ?w.unchanged,
+            programs_started = p.started.join(","),
+            programs_stopped = p.stopped.join(","),
+            programs_restarted = p.restarted.join(","),
+            programs_unchanged = p.unchanged.join(","),
+            watches_started = w.started.join(","),
+            watches_stopped = w.stopped.join(","),
+            watches_restarted = w.restarted.join(","),
+            watches_unchanged = w.unchanged.join(","),
             "config reloaded"
         );
         Ok(summary)

@@ -171,6 +171,52 @@ impl Config {
     }
 }
 
+/// What applying a config does to what runs, by name, each list sorted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    pub restarted: Vec<String>,
+    pub unchanged: Vec<String>,
+}
+
+impl ApplyReport {
+    /// Compares what runs now (name, config) with what `wanted` asks for: a name only wanted
+    /// is started, one only running is stopped, one whose config differs is restarted.
+    pub fn diff<'a, T: PartialEq + 'a>(
+        running: impl IntoIterator<Item = (&'a String, &'a T)>,
+        wanted: &[T],
+        name: impl Fn(&T) -> &str,
+    ) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut running: std::collections::HashMap<&str, &T> =
+            running.into_iter().map(|(n, c)| (n.as_str(), c)).collect();
+        for w in wanted {
+            let n = name(w).to_owned();
+            match running.remove(name(w)) {
+                None => report.started.push(n),
+                Some(c) if c == w => report.unchanged.push(n),
+                Some(_) => report.restarted.push(n),
+            }
+        }
+        report.stopped = running.into_keys().map(str::to_owned).collect();
+        for names in [
+            &mut report.started,
+            &mut report.stopped,
+            &mut report.restarted,
+            &mut report.unchanged,
+        ] {
+            names.sort();
+        }
+        report
+    }
+
+    /// Names whose current run must end: the stopped and the restarted.
+    pub fn to_stop(&self) -> impl Iterator<Item = &String> {
+        self.stopped.iter().chain(&self.restarted)
+    }
+}
+
 // ---- raw serde structs: exactly the YAML's shape, with positions ----
 
 #[derive(Deserialize)]
@@ -633,6 +679,26 @@ mod tests {
     fn empty_file_is_an_empty_config() {
         let c = Config::parse("", "t.yaml").unwrap();
         assert!(c.processes.is_empty());
+    }
+
+    #[test]
+    fn apply_report_diffs_by_name() {
+        let running = [("a".to_owned(), 1), ("b".to_owned(), 2), ("c".to_owned(), 3)];
+        let wanted = [("d", 4), ("c", 3), ("b", 20)];
+        let r = ApplyReport::diff(
+            running.iter().map(|(n, v)| (n, v)),
+            &wanted.map(|(_, v)| v),
+            |v| match v {
+                4 => "d",
+                3 => "c",
+                _ => "b",
+            },
+        );
+        assert_eq!(r.started, ["d"]);
+        assert_eq!(r.stopped, ["a"]);
+        assert_eq!(r.restarted, ["b"]);
+        assert_eq!(r.unchanged, ["c"]);
+        assert_eq!(r.to_stop().collect::<Vec<_>>(), ["a", "b"]);
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::WatchConfig;
+use crate::config::{ApplyReport, WatchConfig};
 
 /// How often a watch whose path is missing looks for it again.
 const RETRY_EVERY: Duration = Duration::from_secs(2);
@@ -61,6 +61,17 @@ impl WatchStats {
             events: Default::default(),
             overflows: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+        }
+    }
+
+    /// The same counts under a new path (a reload moved the watch).
+    fn moved_to(&self, config: &WatchConfig) -> WatchStats {
+        let load = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
+        WatchStats {
+            events: std::array::from_fn(|i| load(&self.events[i])),
+            overflows: load(&self.overflows),
+            errors: load(&self.errors),
+            ..WatchStats::new(config)
         }
     }
 
@@ -118,15 +129,6 @@ struct Running {
     task: JoinHandle<()>,
 }
 
-/// What applying a config did, by watch name.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ApplyReport {
-    pub started: Vec<String>,
-    pub stopped: Vec<String>,
-    pub restarted: Vec<String>,
-    pub unchanged: Vec<String>,
-}
-
 /// Owns every watch task.
 #[derive(Default)]
 pub struct Watches {
@@ -142,7 +144,18 @@ impl Watches {
     /// Makes the set of watches match `configs`, by name: unchanged ones keep running and
     /// counting, changed ones are re-established (their counts go on), removed ones stop.
     pub async fn apply(&mut self, configs: &[WatchConfig]) -> ApplyReport {
-        let mut report = ApplyReport::default();
+        let report = ApplyReport::diff(self.running.iter().map(|(n, r)| (n, &r.config)), configs, |c| &c.name);
+        let mut stopping = Vec::new();
+        for name in report.to_stop() {
+            if let Some(r) = self.running.remove(name) {
+                r.stop.cancel();
+                stopping.push(r.task);
+            }
+        }
+        for task in stopping {
+            let _ = task.await;
+        }
+        // Kept by name, so that a re-established watch's counts go on.
         let old: HashMap<String, Arc<WatchStats>> = self
             .published
             .0
@@ -150,72 +163,25 @@ impl Watches {
             .iter()
             .map(|w| (w.name.clone(), Arc::clone(w)))
             .collect();
-        let mut tasks = Vec::new();
-        self.running.retain(|name, r| {
-            let keep = match configs.iter().find(|c| &c.name == name) {
-                None => {
-                    report.stopped.push(name.clone());
-                    false
-                }
-                Some(c) if *c != r.config => {
-                    report.restarted.push(name.clone());
-                    false
-                }
-                Some(_) => true,
-            };
-            if !keep {
-                r.stop.cancel();
-            }
-            keep
-        });
-        for (name, r) in std::mem::take(&mut self.running) {
-            if report.stopped.contains(&name) || report.restarted.contains(&name) {
-                tasks.push(r.task);
-            } else {
-                self.running.insert(name, r);
-            }
-        }
-        for t in tasks {
-            let _ = t.await;
-        }
         let mut list = Vec::with_capacity(configs.len());
         for config in configs {
-            if self.running.contains_key(&config.name)
-                && let Some(stats) = old.get(&config.name)
-            {
-                report.unchanged.push(config.name.clone());
-                list.push(Arc::clone(stats));
-                continue;
-            }
             let stats = match old.get(&config.name) {
                 Some(s) if s.path == config.path => Arc::clone(s),
-                Some(s) => {
-                    // Same name, new path: the counts go on, the path shown is the new one.
-                    let fresh = WatchStats::new(config);
-                    for (i, e) in s.events.iter().enumerate() {
-                        fresh.events[i].store(e.load(Ordering::Relaxed), Ordering::Relaxed);
-                    }
-                    fresh
-                        .overflows
-                        .store(s.overflows.load(Ordering::Relaxed), Ordering::Relaxed);
-                    fresh.errors.store(s.errors.load(Ordering::Relaxed), Ordering::Relaxed);
-                    Arc::new(fresh)
-                }
-                None => {
-                    report.started.push(config.name.clone());
-                    Arc::new(WatchStats::new(config))
-                }
+                Some(s) => Arc::new(s.moved_to(config)),
+                None => Arc::new(WatchStats::new(config)),
             };
-            let stop = CancellationToken::new();
-            let task = tokio::spawn(run_watch(config.clone(), Arc::clone(&stats), stop.clone()));
-            self.running.insert(
-                config.name.clone(),
-                Running {
-                    config: config.clone(),
-                    stop,
-                    task,
-                },
-            );
+            if !self.running.contains_key(&config.name) {
+                let stop = CancellationToken::new();
+                let task = tokio::spawn(run_watch(config.clone(), Arc::clone(&stats), stop.clone()));
+                self.running.insert(
+                    config.name.clone(),
+                    Running {
+                        config: config.clone(),
+                        stop,
+                        task,
+                    },
+                );
+            }
             list.push(stats);
         }
         self.published.0.store(Arc::new(list));

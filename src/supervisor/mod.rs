@@ -17,7 +17,7 @@ use arc_swap::ArcSwap;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ProgramConfig;
+use crate::config::{ApplyReport, ProgramConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -163,15 +163,6 @@ struct Runner {
     task: JoinHandle<()>,
 }
 
-/// What applying a config did, by program name.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ApplyReport {
-    pub started: Vec<String>,
-    pub stopped: Vec<String>,
-    pub restarted: Vec<String>,
-    pub unchanged: Vec<String>,
-}
-
 pub struct Supervisor {
     os: Arc<os::Os>,
     published: Arc<ArcSwap<Vec<Arc<Program>>>>,
@@ -195,57 +186,42 @@ impl Supervisor {
     /// changed ones are stopped and started with their new config, removed ones are stopped,
     /// added ones are started.
     pub async fn apply(&mut self, configs: &[ProgramConfig]) -> ApplyReport {
-        let mut report = ApplyReport::default();
-        let old: HashMap<String, Arc<Program>> = self
-            .published
-            .load()
-            .iter()
-            .map(|p| (p.name.clone(), Arc::clone(p)))
-            .collect();
-        let wanted: HashMap<&str, &ProgramConfig> = configs.iter().map(|c| (c.name.as_str(), c)).collect();
-
-        // Stop what was removed or changed, all at once.
+        let report = ApplyReport::diff(self.runners.iter().map(|(n, r)| (n, &*r.config)), configs, |c| &c.name);
+        // Stop what was removed or changed, all at once, and wait for all of them.
         let mut stopping = Vec::new();
-        for (name, runner) in &self.runners {
-            match wanted.get(name.as_str()) {
-                None => report.stopped.push(name.clone()),
-                Some(c) if **c != *runner.config => report.restarted.push(name.clone()),
-                Some(_) => continue,
-            }
-            runner.stop.cancel();
-        }
-        for name in report.stopped.iter().chain(&report.restarted) {
+        for name in report.to_stop() {
             if let Some(runner) = self.runners.remove(name) {
+                runner.stop.cancel();
                 stopping.push(runner.task);
             }
         }
         for task in stopping {
             let _ = task.await;
         }
-
+        // Programs are kept by name, so a restarted program's counters go on.
+        let old: HashMap<String, Arc<Program>> = self
+            .published
+            .load()
+            .iter()
+            .map(|p| (p.name.clone(), Arc::clone(p)))
+            .collect();
         let mut list = Vec::with_capacity(configs.len());
         for config in configs {
             let program = match old.get(&config.name) {
-                Some(p) if self.runners.contains_key(&config.name) => {
-                    report.unchanged.push(config.name.clone());
-                    list.push(Arc::clone(p));
-                    continue;
-                }
                 Some(p) => Arc::clone(p),
-                None => {
-                    report.started.push(config.name.clone());
-                    Arc::new(Program::new(Arc::new(config.clone())))
-                }
+                None => Arc::new(Program::new(Arc::new(config.clone()))),
             };
-            let config = Arc::new(config.clone());
-            let stop = CancellationToken::new();
-            let task = runner::spawn(
-                Arc::clone(&self.os),
-                Arc::clone(&program),
-                Arc::clone(&config),
-                stop.clone(),
-            );
-            self.runners.insert(config.name.clone(), Runner { config, stop, task });
+            if !self.runners.contains_key(&config.name) {
+                let config = Arc::new(config.clone());
+                let stop = CancellationToken::new();
+                let task = runner::spawn(
+                    Arc::clone(&self.os),
+                    Arc::clone(&program),
+                    Arc::clone(&config),
+                    stop.clone(),
+                );
+                self.runners.insert(config.name.clone(), Runner { config, stop, task });
+            }
             list.push(program);
         }
         self.published.store(Arc::new(list));
