@@ -16,9 +16,9 @@ use tracing::{error, info, warn};
 use crate::config::{Config, ConfigError};
 use crate::http::{self, HttpConfig, ReloadRequest};
 use crate::metrics::{Collector, ReloadStatus};
+use crate::status;
 use crate::supervisor::{Supervisor, SupervisorError};
 use crate::watch::Watches;
-use crate::{procfs, status};
 
 pub const DEFAULT_LISTEN: &str = ":9407";
 
@@ -151,7 +151,6 @@ pub async fn run(
     let timeout = app.config.shutdown_timeout;
     app.supervisor.shutdown(timeout).await;
     app.watches.shutdown().await;
-    reap_strays().await;
     let _ = server.await;
     let _ = reporter.task.await;
     info!("procwatch stopped");
@@ -236,37 +235,5 @@ impl StatusTask {
         let stop = shutdown.child_token();
         let task = tokio::spawn(status::report_every(interval, Arc::clone(collector), stop.clone()));
         StatusTask { stop, task }
-    }
-}
-
-/// Last safety net: anything still re-parented to procwatch (a descendant that left its
-/// program's session) gets SIGTERM, then SIGKILL, so that nothing procwatch started outlives it.
-async fn reap_strays() {
-    let mut reader = procfs::Reader::default();
-    let mut pids = Vec::new();
-    procfs::own_children(&mut reader, &mut pids);
-    if pids.is_empty() {
-        return;
-    }
-    warn!(
-        count = pids.len(),
-        "stopping processes that left their program's process group"
-    );
-    for &pid in &pids {
-        // SAFETY: plain syscall.
-        unsafe { libc::kill(pid, libc::SIGTERM) };
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    while tokio::time::Instant::now() < deadline {
-        pids.clear();
-        procfs::own_children(&mut reader, &mut pids);
-        if pids.is_empty() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    for &pid in &pids {
-        // SAFETY: plain syscall.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }

@@ -114,6 +114,9 @@ fn print_plan(config: &Config) {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(procwatch::supervisor::GUARDIAN_FLAG) {
+        return ExitCode::from(procwatch::supervisor::guardian_main());
+    }
     let cli = Cli::parse();
     init_logging(cli.log_level, cli.log_format);
     let config = match load(&cli) {

@@ -244,3 +244,21 @@ fn programs_run_in_their_own_process_group() {
         .as_secs_f64();
     assert!((now - start).abs() < 60.0);
 }
+
+#[test]
+fn sigkill_of_procwatch_leaves_no_program_nor_descendant_running() {
+    let m = marker("kill9");
+    let mut pw = Procwatch::start_marked(
+        "processes:\n  - name: plain\n    command: [sleep, '600']\n  - name: family\n    command: [sh, -c, 'sleep 600 & sleep 601 & wait']\n",
+        &[],
+        &m,
+    );
+    pw.wait_scrape(T, "both up with the family's children", |s| {
+        s.prog("procwatch_process_up", "plain") == Some(1.0) && s.prog("procwatch_process_count", "family") == Some(3.0)
+    });
+    pw.signal(libc::SIGKILL);
+    pw.wait_exit(T);
+    wait_for(T, "every program and descendant to be gone", || {
+        procs_with(&m).is_empty().then_some(())
+    });
+}

@@ -5,6 +5,7 @@
 //! program's status without locks; nothing they do can delay a restart.
 
 mod backoff;
+mod guardian;
 mod os;
 mod runner;
 
@@ -18,6 +19,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ApplyReport, ProgramConfig};
+use crate::procfs;
+
+pub use guardian::{GUARDIAN_FLAG, guardian_main};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -245,6 +249,42 @@ impl Supervisor {
             for pgid in self.os.groups() {
                 os::signal_group(pgid, libc::SIGKILL);
             }
+        }
+        self.stop_strays().await;
+        self.os.release_guardian().await;
+    }
+
+    /// Last safety net: anything still re-parented to procwatch (a descendant that left its
+    /// program's session) gets SIGTERM, then SIGKILL, so that nothing procwatch started
+    /// outlives it.
+    async fn stop_strays(&self) {
+        let guardian = self.os.guardian_pid();
+        let strays = || {
+            let mut pids = Vec::new();
+            procfs::own_children(&mut procfs::Reader::default(), &mut pids);
+            pids.retain(|&p| Some(p) != guardian);
+            pids
+        };
+        let mut pids = strays();
+        if pids.is_empty() {
+            return;
+        }
+        tracing::warn!(
+            count = pids.len(),
+            "stopping processes that left their program's process group"
+        );
+        for &pid in &pids {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while !pids.is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            pids = strays();
+        }
+        for &pid in &pids {
+            // SAFETY: plain syscall.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }

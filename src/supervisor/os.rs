@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Program;
+use super::guardian::Guardian;
 use crate::config::ProgramConfig;
 use crate::procfs;
 
@@ -56,6 +57,7 @@ pub(crate) struct Os {
     spawn_tx: std::sync::mpsc::Sender<SpawnRequest>,
     /// Bumped after each spawn, so that a reaper with no children knows when to look again.
     spawned: (Mutex<u64>, Condvar),
+    guardian: Option<Guardian>,
 }
 
 impl Os {
@@ -65,11 +67,17 @@ impl Os {
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
+        let guardian = Guardian::start()
+            .inspect_err(|err| {
+                tracing::warn!(error = %err, "cannot start the guardian; programs' descendants may outlive a killed procwatch")
+            })
+            .ok();
         let (spawn_tx, spawn_rx) = std::sync::mpsc::channel::<SpawnRequest>();
         let os = Arc::new(Os {
             registry: Mutex::new(Registry::default()),
             spawn_tx,
             spawned: (Mutex::new(0), Condvar::new()),
+            guardian,
         });
         // Both threads live as long as the process: PR_SET_PDEATHSIG fires when the *thread*
         // that forked a child exits, so programs must be forked from a thread that never ends.
@@ -105,6 +113,9 @@ impl Os {
         if let Ok(pid) = result {
             reg.mains.insert(pid, req.entry.clone());
             reg.groups.insert(pid, req.entry);
+            if let Some(g) = &self.guardian {
+                g.watch_group(pid);
+            }
         }
         drop(reg);
         let (generation, cond) = &self.spawned;
@@ -118,6 +129,21 @@ impl Os {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         reg.groups.remove(&pgid);
         reg.mains.remove(&pgid);
+        if let Some(g) = &self.guardian {
+            g.forget_group(pgid);
+        }
+    }
+
+    /// PID of the guardian process, which is procwatch's child but no program's.
+    pub(crate) fn guardian_pid(&self) -> Option<i32> {
+        self.guardian.as_ref().map(Guardian::pid)
+    }
+
+    /// Lets the guardian go: called once every program has stopped.
+    pub(crate) async fn release_guardian(&self) {
+        if let Some(g) = &self.guardian {
+            g.close().await;
+        }
     }
 
     /// Every process group procwatch still answers for.
