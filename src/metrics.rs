@@ -224,7 +224,7 @@ impl Collector {
                 |u| u.open_fds,
             ),
             (
-                "procwatch_process_count",
+                "procwatch_process_tree_processes",
                 "Processes in the live tree: the program and its descendants.",
                 |u| u.processes,
             ),

@@ -62,7 +62,7 @@ fn memory_and_process_count_cover_the_whole_tree() {
     let s = pw.wait_scrape(T, "two 60 MB children", |s| {
         s.prog("procwatch_process_resident_memory_bytes", "mem").unwrap_or(0.0) > 110e6
     });
-    assert_eq!(s.prog("procwatch_process_count", "mem"), Some(3.0));
+    assert_eq!(s.prog("procwatch_process_tree_processes", "mem"), Some(3.0));
     assert!(s.prog("procwatch_process_virtual_memory_bytes", "mem").unwrap() > 120e6);
     assert!(s.prog("procwatch_process_threads", "mem").unwrap() >= 3.0);
     assert!(s.prog("procwatch_process_open_fds", "mem").unwrap() >= 3.0);
@@ -172,7 +172,7 @@ fn sigterm_stops_everything_including_grandchildren_and_stubborn_programs() {
         ["plain", "family", "stubborn", "orphan"]
             .iter()
             .all(|n| s.prog("procwatch_process_up", n) == Some(1.0))
-            && s.prog("procwatch_process_count", "family") == Some(3.0)
+            && s.prog("procwatch_process_tree_processes", "family") == Some(3.0)
     });
     wait_for(T, "the setsid grandchild", || {
         procs_with(&m).iter().find(|(_, cmd)| cmd == "sleep 604").map(|p| p.0)
@@ -254,7 +254,8 @@ fn sigkill_of_procwatch_leaves_no_program_nor_descendant_running() {
         &m,
     );
     pw.wait_scrape(T, "both up with the family's children", |s| {
-        s.prog("procwatch_process_up", "plain") == Some(1.0) && s.prog("procwatch_process_count", "family") == Some(3.0)
+        s.prog("procwatch_process_up", "plain") == Some(1.0)
+            && s.prog("procwatch_process_tree_processes", "family") == Some(3.0)
     });
     pw.signal(libc::SIGKILL);
     pw.wait_exit(T);

@@ -1,0 +1,389 @@
+//! The Prometheus and Grafana kit against the real tools: promtool on the rules, their tests,
+//! the scrape configs and a live scrape; a real Prometheus scraping procwatch, asked every
+//! query of every dashboard panel; the systemd unit through systemd-analyze.
+//!
+//! Without `prometheus`/`promtool` on PATH these tests say why and pass, unless
+//! PROCWATCH_REQUIRE_PROMETHEUS is set (as .ci/run does), in which case they fail.
+
+mod util;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use util::{Procwatch, http, wait_for};
+
+const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(ROOT).join(rel)
+}
+
+/// The tool's path, or `None` (with the reason printed) where it may be skipped.
+fn tool(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_default();
+    if found.is_none() {
+        if std::env::var_os("PROCWATCH_REQUIRE_PROMETHEUS").is_some() {
+            panic!("{name} is not on PATH and PROCWATCH_REQUIRE_PROMETHEUS is set (apt-get install prometheus)");
+        }
+        eprintln!("skipped: {name} is not on PATH (Debian: apt-get install prometheus)");
+    }
+    found
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().expect("run tool");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    text
+}
+
+fn yaml(path: &Path) -> Value {
+    let text = std::fs::read_to_string(path).unwrap();
+    serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn dashboard() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(repo("dashboards/procwatch.json")).unwrap()).unwrap()
+}
+
+/// Every panel, rows' nested panels included.
+fn panels(d: &Value) -> Vec<&Value> {
+    let mut out = Vec::new();
+    for p in d["panels"].as_array().unwrap() {
+        out.push(p);
+        if let Some(inner) = p["panels"].as_array() {
+            out.extend(inner);
+        }
+    }
+    out
+}
+
+/// (panel title, expr) for every query of every panel.
+fn panel_queries(d: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for p in panels(d) {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            out.push((
+                p["title"].as_str().unwrap().to_owned(),
+                t["expr"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    out
+}
+
+#[test]
+fn rules_rule_tests_and_scrape_configs_pass_promtool() {
+    let Some(promtool) = tool("promtool") else { return };
+    let dir = repo("deploy/prometheus");
+    let out = run_ok(
+        Command::new(&promtool)
+            .args(["check", "rules", "alerts.yml"])
+            .current_dir(&dir),
+    );
+    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    run_ok(
+        Command::new(&promtool)
+            .args(["test", "rules", "alerts_test.yml"])
+            .current_dir(&dir),
+    );
+    run_ok(
+        Command::new(&promtool)
+            .args(["check", "config", "prometheus.yml"])
+            .current_dir(&dir),
+    );
+    run_ok(
+        Command::new(&promtool)
+            .args(["check", "config", "compose.yml"])
+            .current_dir(&dir),
+    );
+}
+
+#[test]
+fn every_alert_has_a_summary_and_description_and_a_test() {
+    let rules = yaml(&repo("deploy/prometheus/alerts.yml"));
+    let tests = std::fs::read_to_string(repo("deploy/prometheus/alerts_test.yml")).unwrap();
+    for rule in rules["groups"][0]["rules"].as_array().unwrap() {
+        let name = rule["alert"].as_str().unwrap();
+        let ann = &rule["annotations"];
+        assert!(ann["summary"].as_str().is_some_and(|s| !s.is_empty()), "{name}");
+        let desc = ann["description"].as_str().unwrap();
+        if rule["expr"].as_str().unwrap().starts_with("procwatch_process") || desc.contains("Program") {
+            assert!(desc.contains("{{ $labels.name }}"), "{name} names the program: {desc}");
+        }
+        assert!(
+            tests.contains(&format!("alertname: {name}")),
+            "{name} has a promtool test"
+        );
+    }
+}
+
+#[test]
+fn the_prometheus_rule_carries_the_same_rules() {
+    let alerts = yaml(&repo("deploy/prometheus/alerts.yml"));
+    let k8s = yaml(&repo("deploy/kubernetes/prometheusrule.yaml"));
+    assert_eq!(k8s["kind"], "PrometheusRule");
+    assert_eq!(k8s["spec"]["groups"], alerts["groups"]);
+}
+
+#[test]
+fn the_dashboard_is_portable_and_complete() {
+    let d = dashboard();
+    assert!(d["schemaVersion"].as_u64().unwrap() >= 36);
+    let vars = d["templating"]["list"].as_array().unwrap();
+    let var = |n: &str| {
+        vars.iter()
+            .find(|v| v["name"] == n)
+            .unwrap_or_else(|| panic!("variable {n}"))
+    };
+    assert_eq!(var("datasource")["type"], "datasource");
+    for (n, metric) in [
+        ("job", "procwatch_build_info"),
+        ("instance", "procwatch_build_info"),
+        ("name", "procwatch_process_up"),
+    ] {
+        let def = var(n)["definition"].as_str().unwrap();
+        assert!(def.starts_with(&format!("label_values({metric}")), "{n}: {def}");
+    }
+    assert_eq!(var("name")["multi"], true);
+    let text = serde_json::to_string(&d).unwrap();
+    assert!(!text.contains("\"uid\":\"prometheus\""), "no fixed datasource uid");
+    for p in panels(&d) {
+        if p["type"] == "row" {
+            continue;
+        }
+        let title = p["title"].as_str().unwrap();
+        assert_eq!(p["datasource"]["uid"], "${datasource}", "{title}");
+        assert!(p["fieldConfig"]["defaults"]["unit"].is_string(), "{title} has a unit");
+        for t in p["targets"].as_array().unwrap() {
+            let expr = t["expr"].as_str().unwrap();
+            if expr.contains("rate(") {
+                assert!(expr.contains("[$__rate_interval]"), "{title}: {expr}");
+            }
+            assert!(
+                expr.contains("job=~\"$job\"") && expr.contains("instance=~\"$instance\""),
+                "{title}: {expr}"
+            );
+        }
+    }
+    let exprs: String = panel_queries(&d).into_iter().map(|(_, e)| e).collect();
+    for metric in [
+        "procwatch_process_up",
+        "procwatch_process_cpu_seconds_total",
+        "procwatch_process_resident_memory_bytes",
+        "procwatch_process_uptime_seconds",
+        "procwatch_process_restarts_total",
+        "procwatch_process_exits_total",
+        "procwatch_process_threads",
+        "procwatch_process_open_fds",
+        "procwatch_file_events_total",
+        "procwatch_file_watch_overflows_total",
+        "procwatch_file_watch_errors_total",
+        "procwatch_config_last_reload_successful",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(exprs.contains(metric), "no panel shows {metric}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_verifies() {
+    let Some(analyze) = tool_optional("systemd-analyze") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    // The unit as shipped, pointing at the binary under test instead of /usr/local/bin.
+    let unit = std::fs::read_to_string(repo("deploy/systemd/procwatch.service"))
+        .unwrap()
+        .replace("/usr/local/bin/procwatch", util::BIN);
+    let path = dir.path().join("procwatch.service");
+    std::fs::write(&path, unit).unwrap();
+    let out = Command::new(analyze).arg("verify").arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && text.trim().is_empty(),
+        "systemd-analyze verify:\n{text}"
+    );
+}
+
+fn tool_optional(name: &str) -> Option<PathBuf> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| {
+            std::env::split_paths(&paths)
+                .map(|d| d.join(name))
+                .find(|p| p.is_file())
+        })
+        .unwrap_or_default();
+    if found.is_none() {
+        eprintln!("skipped: {name} is not on PATH");
+    }
+    found
+}
+
+/// A real Prometheus on a free loopback port, killed on drop.
+struct Prometheus {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(bin: &Path, target: &str) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{}]\nscrape_configs:\n  - job_name: procwatch\n    static_configs: [{{targets: ['{target}']}}]\n",
+                repo("deploy/prometheus/alerts.yml").display()
+            ),
+        )
+        .unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let log = std::fs::File::create(dir.path().join("prometheus.log")).unwrap();
+        let child = Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start prometheus");
+        Prometheus { child, addr, _dir: dir }
+    }
+
+    /// The result vector of an instant query, or None if Prometheus does not answer yet.
+    fn query(&self, promql: &str) -> Option<Vec<Value>> {
+        let (status, _, body) = http(
+            &self.addr,
+            "GET",
+            &format!("/api/v1/query?query={}", urlencode(promql)),
+            "",
+        )
+        .ok()?;
+        if status != 200 {
+            return None;
+        }
+        let v: Value = serde_json::from_str(&body).ok()?;
+        v["data"]["result"].as_array().cloned()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// Fills in the dashboard's template variables the way Grafana would with "All" selected.
+fn fill(expr: &str, instance: &str) -> String {
+    expr.replace("$__rate_interval", "5s")
+        .replace("$__range", "1m")
+        .replace("$job", "procwatch")
+        .replace("$instance", instance)
+        .replace("$name", ".*")
+}
+
+#[test]
+fn every_dashboard_query_returns_data_from_a_real_prometheus() {
+    let (Some(prometheus), Some(promtool)) = (tool("prometheus"), tool("promtool")) else {
+        return;
+    };
+    let watched = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "processes:\n\
+         \x20 - name: busy\n    command: [sh, -c, 'while :; do :; done']\n\
+         \x20 - name: crashing\n    command: [sh, -c, 'sleep 0.2; exit 1']\n    backoff: {{initial: 100ms, max: 500ms}}\n\
+         \x20 - name: writer\n    command: [sh, -c, 'while :; do touch a; echo x >> a; mv a b; chmod 600 b; rm b; sleep 0.1; done']\n    cwd: {dir}\n\
+         watches:\n  - name: data\n    path: {dir}\n",
+        dir = watched.path().display()
+    );
+    let pw = Procwatch::start(&yaml, &[]);
+
+    // promtool's lint on a live scrape, with every series present.
+    let scrape = pw.wait_scrape(Duration::from_secs(30), "exits and file events", |s| {
+        s.get(
+            "procwatch_process_exits_total",
+            &[("name", "crashing"), ("reason", "failure")],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+            && s.text.contains("procwatch_process_last_exit_code{")
+    });
+    let mut check = Command::new(&promtool)
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    check.stdin.take().unwrap().write_all(scrape.text.as_bytes()).unwrap();
+    let out = check.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let prom = Prometheus::start(&prometheus, &pw.addr);
+    wait_for(Duration::from_secs(60), "Prometheus to scrape procwatch", || {
+        prom.query("up{job=\"procwatch\"} == 1").filter(|r| !r.is_empty())
+    });
+    let d = dashboard();
+    let queries = panel_queries(&d);
+    assert!(queries.len() >= 14, "{} queries", queries.len());
+    for (title, expr) in queries {
+        let q = fill(&expr, &pw.addr);
+        wait_for(
+            Duration::from_secs(60),
+            &format!("panel {title:?} to have data: {q}"),
+            || prom.query(&q).filter(|r| !r.is_empty()),
+        );
+    }
+    // The template variables' own queries: label_values(metric, label) has values.
+    for v in d["templating"]["list"].as_array().unwrap() {
+        let Some(def) = v["definition"].as_str() else { continue };
+        let inner = def.trim_start_matches("label_values(").trim_end_matches(')');
+        let (metric, label) = inner.rsplit_once(',').unwrap();
+        let q = format!("group by ({}) ({})", label.trim(), fill(metric.trim(), &pw.addr));
+        let r = prom.query(&q).unwrap_or_default();
+        assert!(!r.is_empty(), "variable {} has no values: {q}", v["name"]);
+    }
+    // The busy program's CPU as Prometheus computes it from procwatch's counter.
+    let r = prom
+        .query("sum(rate(procwatch_process_cpu_seconds_total{name=\"busy\"}[5s]))")
+        .unwrap();
+    let rate: f64 = r[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!((0.3..1.2).contains(&rate), "busy uses about one core: {rate}");
+}
