@@ -143,7 +143,10 @@ impl Collector {
             let live = usage.unwrap_or_default();
             let user = ru.as_secs_f64() + live.user_ticks as f64 / clk;
             let system = rs.as_secs_f64() + live.system_ticks as f64 / clk;
-            let high = reported.entry(program.name.clone()).or_insert((0.0, 0.0));
+            if !reported.contains_key(&program.name) {
+                reported.insert(program.name.clone(), (0.0, 0.0));
+            }
+            let high = reported.get_mut(&program.name).expect("inserted above");
             high.0 = high.0.max(user);
             high.1 = high.1.max(system);
             reports.push(ProgramReport {

@@ -1,0 +1,466 @@
+//! The measured figures: the real procwatch binary against the floor, the bare cost of reading
+//! the same /proc files procwatch reads for each process. Prints a table.
+//!
+//!     cargo bench --bench procwatch                 # everything
+//!     cargo bench --bench procwatch -- quick        # N = 10, 100, 1000 only, fewer rounds
+//!
+//! Figures are CPU time, from /proc/PID/stat of procwatch (utime + stime) and from
+//! CLOCK_PROCESS_CPUTIME_ID for the floor loop, so they hold on a loaded machine too.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+const BIN: &str = env!("CARGO_BIN_EXE_procwatch");
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--stamp") {
+        return stamp(&args[2]);
+    }
+    let quick = args.iter().any(|a| a == "quick");
+    // `-- files`, `-- restart` or `-- scrape` runs one part only.
+    let only = |part: &str| {
+        let parts = ["files", "restart", "scrape"];
+        !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
+    };
+    let clk = clk_tck();
+    println!("procwatch benchmark: {}", machine());
+    println!();
+    if only("scrape") {
+        scrapes(quick, clk);
+    }
+    if only("restart") {
+        restart_latency(quick);
+    }
+    if only("files") {
+        file_events(quick, clk);
+    }
+}
+
+fn scrapes(quick: bool, clk: f64) {
+    println!(
+        "{:>12} {:>8} {:>11} {:>10} {:>10} {:>6} {:>11} {:>11} {:>11} {:>9}",
+        "programs",
+        "start s",
+        "scrape cpu",
+        "floor",
+        "per proc",
+        "ratio",
+        "latency p50",
+        "latency p99",
+        "idle cpu",
+        "rss"
+    );
+    let sizes: &[usize] = if quick {
+        &[10, 100, 1000]
+    } else {
+        &[10, 100, 1000, 5000]
+    };
+    for &n in sizes {
+        let yaml = programs_yaml(n);
+        let row = measure(&format!("{n}"), &yaml, n, n, quick, clk);
+        row.print();
+    }
+    // One program whose tree has 1000 processes: the cost of finding the tree.
+    let tree = "status_interval: 0\nprocesses:\n  - name: tree\n    command: [sh, -c, 'for i in $(seq 999); do sleep 100000 & done; wait']\n";
+    let row = measure("1 (1000 tree)", tree, 1, 1000, quick, clk);
+    row.print();
+    println!();
+}
+
+struct Row {
+    label: String,
+    start: Duration,
+    scrape_cpu: Duration,
+    floor: Duration,
+    procs: usize,
+    p50: Duration,
+    p99: Duration,
+    idle_pct: f64,
+    rss: u64,
+}
+
+impl Row {
+    fn print(&self) {
+        println!(
+            "{:>12} {:>8.2} {:>8.3} ms {:>7.3} ms {:>7.2} µs {:>6.2} {:>8.2} ms {:>8.2} ms {:>10.3}% {:>5.1} MiB",
+            self.label,
+            self.start.as_secs_f64(),
+            ms(self.scrape_cpu),
+            ms(self.floor),
+            self.scrape_cpu.as_secs_f64() * 1e6 / self.procs as f64,
+            self.scrape_cpu.as_secs_f64() / self.floor.as_secs_f64(),
+            ms(self.p50),
+            ms(self.p99),
+            self.idle_pct,
+            self.rss as f64 / (1024.0 * 1024.0),
+        );
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+fn programs_yaml(n: usize) -> String {
+    let mut y = String::from("status_interval: 0\nshutdown_timeout: 60s\nprocesses:\n");
+    for i in 0..n {
+        y.push_str(&format!("  - name: p{i}\n    command: [sleep, '100000']\n"));
+    }
+    y
+}
+
+/// Starts procwatch, waits for `up` programs, and measures scrapes, the floor, idle and RSS.
+fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f64) -> Row {
+    let pw = Pw::start(yaml, &[]);
+    let t0 = Instant::now();
+    let want = procs;
+    let body = wait(Duration::from_secs(120), || {
+        let body = pw.get("/metrics");
+        let running = sum(&body, "procwatch_process_up{");
+        let tree = sum(&body, "procwatch_process_tree_processes{");
+        (running as usize == up && tree as usize == want).then_some(body)
+    });
+    let start = t0.elapsed();
+    let mains: Vec<i32> = samples(&body, "procwatch_process_pid{").map(|v| v as i32).collect();
+    let pids = descendants(&mains);
+    assert_eq!(pids.len(), procs, "{label}: the bench sees the tree procwatch reports");
+
+    let rounds = match procs {
+        0..=100 => 400,
+        101..=1000 => 100,
+        _ => 30,
+    } / if quick { 4 } else { 1 };
+    // Warm up both, then measure.
+    for _ in 0..3 {
+        pw.get("/metrics");
+    }
+    let cpu0 = pw.cpu(clk);
+    let mut lat = Vec::with_capacity(rounds);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let b = pw.get("/metrics");
+        lat.push(t.elapsed());
+        assert!(b.len() > 100);
+    }
+    let scrape_cpu = (pw.cpu(clk) - cpu0) / rounds as u32;
+    lat.sort();
+
+    floor_pass(&pids);
+    let f0 = process_cpu();
+    for _ in 0..rounds {
+        floor_pass(&pids);
+    }
+    let floor = (process_cpu() - f0) / rounds as u32;
+
+    let idle_for = if quick {
+        Duration::from_secs(3)
+    } else {
+        Duration::from_secs(10)
+    };
+    let i0 = pw.cpu(clk);
+    std::thread::sleep(idle_for);
+    let idle_pct = (pw.cpu(clk) - i0).as_secs_f64() / idle_for.as_secs_f64() * 100.0;
+    let rss = pw.rss();
+    let row = Row {
+        label: label.to_owned(),
+        start,
+        scrape_cpu,
+        floor,
+        procs,
+        p50: lat[lat.len() / 2],
+        p99: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
+        idle_pct,
+        rss,
+    };
+    pw.stop();
+    row
+}
+
+/// The floor: open, read and parse exactly the files procwatch reads for each process of a
+/// tree: /proc/PID/stat, /proc/PID/task/PID/children, and the size of /proc/PID/fd.
+fn floor_pass(pids: &[i32]) -> u64 {
+    let mut buf = Vec::with_capacity(1024);
+    let mut acc = 0u64;
+    for &pid in pids {
+        buf.clear();
+        if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/stat")) {
+            let _ = f.read_to_end(&mut buf);
+        }
+        // Parse what procwatch uses: the fields after the command name.
+        if let Some(close) = buf.iter().rposition(|&b| b == b')') {
+            let rest = std::str::from_utf8(&buf[close + 2..]).unwrap_or("");
+            acc += rest
+                .split_ascii_whitespace()
+                .take(22)
+                .filter_map(|f| f.parse::<i64>().ok())
+                .map(|v| v as u64)
+                .fold(0u64, u64::wrapping_add);
+        }
+        buf.clear();
+        if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/task/{pid}/children")) {
+            let _ = f.read_to_end(&mut buf);
+        }
+        acc += buf.len() as u64;
+        acc += std::fs::metadata(format!("/proc/{pid}/fd"))
+            .map(|m| m.len())
+            .unwrap_or(0);
+    }
+    acc
+}
+
+/// Every process in the trees under `roots`, roots included.
+fn descendants(roots: &[i32]) -> Vec<i32> {
+    let mut out = Vec::new();
+    let mut stack: Vec<i32> = roots.to_vec();
+    while let Some(pid) = stack.pop() {
+        out.push(pid);
+        if let Ok(c) = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")) {
+            stack.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
+    }
+    out
+}
+
+fn restart_latency(quick: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("stamps");
+    let me = std::env::current_exe().unwrap();
+    let yaml = format!(
+        "status_interval: 0\nprocesses:\n  - name: blink\n    command: [{}, --stamp, {}]\n    restart: always\n    backoff: {{initial: 0s, max: 0s}}\n",
+        me.display(),
+        file.display()
+    );
+    let runs = if quick { 100 } else { 400 };
+    let pw = Pw::start(&yaml, &[]);
+    wait(Duration::from_secs(120), || {
+        let n = std::fs::read_to_string(&file).map(|t| t.lines().count()).unwrap_or(0);
+        (n >= 2 * runs).then_some(())
+    });
+    pw.stop();
+    let text = std::fs::read_to_string(&file).unwrap();
+    let stamps: Vec<(char, u128)> = text
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.chars().next()?, v.parse().ok()?))
+        })
+        .collect();
+    // From one run's last instant ("e") to the next run's first ("s").
+    let mut gaps: Vec<f64> = stamps
+        .windows(2)
+        .filter(|w| w[0].0 == 'e' && w[1].0 == 's')
+        .map(|w| (w[1].1.saturating_sub(w[0].1)) as f64 / 1e6)
+        .collect();
+    gaps.sort_by(f64::total_cmp);
+    println!(
+        "restart latency (exit -> next run's first instruction, backoff 0s): median {:.2} ms, p99 {:.2} ms over {} restarts",
+        gaps[gaps.len() / 2],
+        gaps[(gaps.len() * 99 / 100).min(gaps.len() - 1)],
+        gaps.len()
+    );
+}
+
+/// Run as a program by the restart-latency test: note the start and the end, and exit.
+fn stamp(file: &str) {
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let start = now();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(file)
+        .unwrap();
+    let _ = writeln!(f, "s {start}");
+    let _ = writeln!(f, "e {}", now());
+}
+
+fn file_events(quick: bool, clk: f64) {
+    let shm = Path::new("/dev/shm");
+    let dir = if shm.is_dir() {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir().unwrap()
+    };
+    let d = dir.path();
+    std::fs::File::create(d.join("sentinel")).unwrap();
+    let yaml = format!("status_interval: 0\nwatches:\n  - name: w\n    path: {}\n", d.display());
+    let pw = Pw::start(&yaml, &[]);
+    wait(Duration::from_secs(30), || {
+        (sum(&pw.get("/metrics"), "procwatch_file_watch_up{") == 1.0).then_some(())
+    });
+    let n = if quick { 20_000 } else { 100_000 };
+    let cpu0 = pw.cpu(clk);
+    let t0 = Instant::now();
+    for i in 0..n {
+        std::fs::File::create(d.join(format!("f{i}"))).unwrap();
+    }
+    for i in 0..n {
+        std::fs::remove_file(d.join(format!("f{i}"))).unwrap();
+    }
+    let made = t0.elapsed();
+    std::fs::set_permissions(d.join("sentinel"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    let body = wait(Duration::from_secs(120), || {
+        let b = pw.get("/metrics");
+        (sum(&b, "procwatch_file_events_total{watch=\"w\",kind=\"other\"}") >= 1.0).then_some(b)
+    });
+    let cpu = pw.cpu(clk) - cpu0;
+    let creates = sum(&body, "procwatch_file_events_total{watch=\"w\",kind=\"create\"}") as usize;
+    let removes = sum(&body, "procwatch_file_events_total{watch=\"w\",kind=\"remove\"}") as usize;
+    let overflows = sum(&body, "procwatch_file_watch_overflows_total{");
+    let events = 2 * n;
+    println!(
+        "file events: {n} creates + {n} removes on {} in {:.2} s: counted {creates} + {removes} ({}), {overflows} overflows; procwatch CPU {:.3} µs/event",
+        if shm.is_dir() { "tmpfs" } else { "disk" },
+        made.as_secs_f64(),
+        if creates == n && removes == n {
+            "exact"
+        } else {
+            "NOT EXACT"
+        },
+        cpu.as_secs_f64() * 1e6 / events as f64,
+    );
+    pw.stop();
+}
+
+// ---- a small harness around the real binary ----
+
+struct Pw {
+    child: Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Pw {
+    fn start(yaml: &str, extra: &[&str]) -> Pw {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("procwatch.yaml");
+        std::fs::write(&config, yaml).unwrap();
+        let log = dir.path().join("stderr.log");
+        let child = Command::new(BIN)
+            .arg("--config")
+            .arg(&config)
+            .args(["--web.listen-address", "127.0.0.1:0", "--log.level", "warn"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let mut pw = Pw {
+            child,
+            addr: String::new(),
+            _dir: dir,
+        };
+        // --log.level warn hides the address line: find the port from /proc instead.
+        let pid = pw.child.id();
+        pw.addr = wait(Duration::from_secs(30), || {
+            listening_port(pid).map(|p| format!("127.0.0.1:{p}"))
+        });
+        pw
+    }
+
+    fn get(&self, path: &str) -> String {
+        let mut s = TcpStream::connect(&self.addr).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        out.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default()
+    }
+
+    fn cpu(&self, clk: f64) -> Duration {
+        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let rest = &text[text.rfind(')').unwrap() + 2..];
+        let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
+        Duration::from_secs_f64((f[11] + f[12]) / clk)
+    }
+
+    fn rss(&self) -> u64 {
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+            * 1024
+    }
+
+    fn stop(mut self) {
+        // SAFETY: plain syscall to our child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// The loopback port a process listens on, from /proc/net/tcp and its fds.
+fn listening_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            let s = l.to_string_lossy().into_owned();
+            s.strip_prefix("socket:[").map(|r| r.trim_end_matches(']').to_owned())
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    for line in tcp.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        // st 0A = LISTEN
+        if f.len() > 9 && f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+            let port = f[1].rsplit(':').next()?;
+            return u16::from_str_radix(port, 16).ok();
+        }
+    }
+    None
+}
+
+fn samples<'a>(body: &'a str, prefix: &'a str) -> impl Iterator<Item = f64> + 'a {
+    body.lines()
+        .filter(move |l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse().ok())
+}
+
+fn sum(body: &str, prefix: &str) -> f64 {
+    samples(body, prefix).sum()
+}
+
+fn wait<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn process_cpu() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn clk_tck() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }) as f64
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    format!("{cores} cores, {cpu}, Linux {}", kernel.trim())
+}
