@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::http::{self, HttpConfig, ReloadRequest};
+use crate::http::{self, HttpConfig, ReloadRequest, WebConfigSource};
 use crate::metrics::{Collector, ReloadStatus};
 use crate::status;
 use crate::supervisor::{Supervisor, SupervisorError};
@@ -23,12 +23,14 @@ use crate::watch::Watches;
 pub const DEFAULT_LISTEN: &str = ":9407";
 
 /// Start-up settings from the command line.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// `--web.listen-address`; the config's `listen_address`, then `:9407`, where absent.
     pub listen_address: Option<String>,
     pub telemetry_path: String,
     pub enable_lifecycle: bool,
+    /// `--web.config.file`, loaded and validated.
+    pub web_config: Option<Arc<WebConfigSource>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +113,7 @@ pub async fn run(
         HttpConfig {
             telemetry_path: options.telemetry_path.clone(),
             enable_lifecycle: options.enable_lifecycle,
+            web: options.web_config.clone(),
         },
         Arc::clone(&collector),
         reload_tx,

@@ -133,27 +133,7 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
-        let read_err = |source| ConfigError::Read {
-            file: file.clone(),
-            source,
-        };
-        let meta = std::fs::metadata(path).map_err(read_err)?;
-        if meta.len() > MAX_CONFIG_BYTES {
-            return Err(read_err(std::io::Error::other(format!(
-                "file is {} bytes; a config may be at most {MAX_CONFIG_BYTES}",
-                meta.len()
-            ))));
-        }
-        let bytes = std::fs::read(path).map_err(read_err)?;
-        let text = String::from_utf8(bytes).map_err(|e| {
-            read_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!(
-                    "not UTF-8 text (invalid byte at offset {})",
-                    e.utf8_error().valid_up_to()
-                ),
-            ))
-        })?;
+        let text = read_text(path)?;
         let mut config = Config::parse(&text, &file)?;
         config.source = Some(path.to_path_buf());
         Ok(config)
@@ -166,7 +146,14 @@ impl Config {
 
     /// Parses and validates YAML text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let raw = parse_raw(text, file)?;
+        // An empty file is an empty config: nothing to run.
+        let raw = parse_yaml::<RawConfig>(text, file)?.unwrap_or(RawConfig {
+            listen_address: None,
+            status_interval: None,
+            shutdown_timeout: None,
+            processes: Vec::new(),
+            watches: Vec::new(),
+        });
         validate(raw, file)
     }
 }
@@ -295,7 +282,34 @@ impl<'de> Deserialize<'de> for Scalar {
     }
 }
 
-fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
+/// Reads a YAML file as text: at most `MAX_CONFIG_BYTES`, and UTF-8.
+pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let read_err = |source| ConfigError::Read {
+        file: path.display().to_string(),
+        source,
+    };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(read_err(std::io::Error::other(format!(
+            "file is {} bytes; a config may be at most {MAX_CONFIG_BYTES}",
+            meta.len()
+        ))));
+    }
+    let bytes = std::fs::read(path).map_err(read_err)?;
+    String::from_utf8(bytes).map_err(|e| {
+        read_err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!(
+                "not UTF-8 text (invalid byte at offset {})",
+                e.utf8_error().valid_up_to()
+            ),
+        ))
+    })
+}
+
+/// Deserializes YAML into `T`, bounding nesting, with errors that name the file, line,
+/// column and key path. `None` for an empty document.
+pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<Option<T>, ConfigError> {
     let options = serde_saphyr::options! {
         budget: serde_saphyr::budget! {
             max_depth: 32,
@@ -303,40 +317,29 @@ fn parse_raw(text: &str, file: &str) -> Result<RawConfig, ConfigError> {
     };
     let mut key = String::new();
     let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        serde_path_to_error::deserialize::<_, Option<RawConfig>>(de).map_err(|e| {
+        serde_path_to_error::deserialize::<_, Option<T>>(de).map_err(|e| {
             // `Spanned` fields show up as `.value` in the path; users never wrote that.
             key = e.path().to_string().replace(".value", "");
             e.into_inner()
         })
     });
-    match result {
-        Ok(Some(raw)) => Ok(raw),
-        // An empty file is an empty config: nothing to run.
-        Ok(None) => Ok(RawConfig {
-            listen_address: None,
-            status_interval: None,
-            shutdown_timeout: None,
-            processes: Vec::new(),
-            watches: Vec::new(),
-        }),
-        Err(err) => {
-            let (line, column) = err.location().map_or((0, 0), |loc| (loc.line(), loc.column()));
-            let message = err.without_snippet().to_string();
-            // The saphyr message ends with its own " at line L column C"; we say it up front.
-            let message = strip_location_suffix(&message).to_owned();
-            Err(ConfigError::Invalid {
-                file: file.to_owned(),
-                line,
-                column,
-                key: if key.is_empty() || key == "." {
-                    "(document)".to_owned()
-                } else {
-                    key
-                },
-                message,
-            })
+    result.map_err(|err| {
+        let (line, column) = err.location().map_or((0, 0), |loc| (loc.line(), loc.column()));
+        let message = err.without_snippet().to_string();
+        // The saphyr message ends with its own " at line L column C"; we say it up front.
+        let message = strip_location_suffix(&message).to_owned();
+        ConfigError::Invalid {
+            file: file.to_owned(),
+            line,
+            column,
+            key: if key.is_empty() || key == "." {
+                "(document)".to_owned()
+            } else {
+                key
+            },
+            message,
         }
-    }
+    })
 }
 
 fn strip_location_suffix(message: &str) -> &str {
@@ -349,12 +352,17 @@ fn strip_location_suffix(message: &str) -> &str {
 // ---- validation ----
 
 /// Collects the first error with its position; validation stops at the first problem.
-struct Checker<'a> {
-    file: &'a str,
+pub(crate) struct Checker<'a> {
+    pub(crate) file: &'a str,
 }
 
 impl Checker<'_> {
-    fn err<T>(&self, at: &serde_saphyr::Location, key: &str, message: impl Into<String>) -> Result<T, ConfigError> {
+    pub(crate) fn err<T>(
+        &self,
+        at: &serde_saphyr::Location,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Result<T, ConfigError> {
         Err(ConfigError::Invalid {
             file: self.file.to_owned(),
             line: at.line(),

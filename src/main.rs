@@ -2,10 +2,12 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, ValueEnum};
 use procwatch::app::{self, Options};
 use procwatch::config::{Config, format_duration};
+use procwatch::http::WebConfigSource;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -24,6 +26,9 @@ struct Cli {
     /// Path under which metrics are exposed.
     #[arg(long = "web.telemetry-path", value_name = "PATH", default_value = "/metrics")]
     telemetry_path: String,
+    /// TLS and basic auth, in the exporter-toolkit format node_exporter uses.
+    #[arg(long = "web.config.file", value_name = "FILE")]
+    web_config: Option<PathBuf>,
     /// Allow POST /-/reload.
     #[arg(long = "web.enable-lifecycle")]
     enable_lifecycle: bool,
@@ -126,14 +131,31 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let web_config = match cli.web_config.as_deref().map(WebConfigSource::load).transpose() {
+        Ok(w) => w.map(Arc::new),
+        Err(err) => {
+            eprintln!("procwatch: {err}");
+            return ExitCode::from(1);
+        }
+    };
     if cli.check_config {
         print_plan(&config);
+        if let Some(w) = &web_config {
+            let w = w.current();
+            println!(
+                "  web config {}: TLS {}, basic auth {}",
+                cli.web_config.as_deref().unwrap_or(std::path::Path::new("")).display(),
+                if w.tls.is_some() { "on" } else { "off" },
+                if w.needs_auth() { "on" } else { "off" }
+            );
+        }
         return ExitCode::SUCCESS;
     }
     let options = Options {
         listen_address: cli.listen_address.clone(),
         telemetry_path: cli.telemetry_path.clone(),
         enable_lifecycle: cli.enable_lifecycle,
+        web_config,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

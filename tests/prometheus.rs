@@ -385,5 +385,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .query("sum(rate(procwatch_process_cpu_seconds_total{name=\"busy\"}[5s]))")
         .unwrap();
     let rate: f64 = r[0]["value"][1].as_str().unwrap().parse().unwrap();
-    assert!((0.3..1.2).contains(&rate), "busy uses about one core: {rate}");
+    // A single-threaded loop: some of a core (the machine is shared with other tests), and
+    // never more than one; a counter that reset or double-counted would show here.
+    assert!((0.05..=1.05).contains(&rate), "busy's CPU rate: {rate}");
 }

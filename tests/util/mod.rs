@@ -152,9 +152,7 @@ impl Procwatch {
 
     /// Like `start`, with every process it starts marked with `marker` (see [`procs_with`]).
     pub fn start_marked(yaml: &str, extra: &[&str], marker: &str) -> Procwatch {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("procwatch.yaml");
-        std::fs::write(&config, yaml).expect("write config");
+        let (dir, config) = config_dir(yaml);
         let config_arg = config.to_str().expect("utf-8 path").to_owned();
         let mut args = vec!["--config", &config_arg];
         args.extend_from_slice(extra);
@@ -163,18 +161,29 @@ impl Procwatch {
 
     /// Starts procwatch with exactly `args` (plus a free loopback port) in `dir`.
     pub fn start_in(dir: tempfile::TempDir, config: PathBuf, args: &[&str], marker: &str) -> Procwatch {
+        Self::start_with(dir, config, args, marker, |_| {})
+    }
+
+    /// The most general start: `setup` may change the command (its stdout, its user...).
+    pub fn start_with(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        args: &[&str],
+        marker: &str,
+        setup: impl FnOnce(&mut Command),
+    ) -> Procwatch {
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
-        let child = Command::new(BIN)
-            .args(args)
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .args(["--web.listen-address", "127.0.0.1:0", "--log.level", "debug"])
             .current_dir(dir.path())
             .env(MARKER_VAR, marker)
             .stdin(Stdio::null())
             .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("start procwatch");
+            .stderr(stderr);
+        setup(&mut cmd);
+        let child = cmd.spawn().expect("start procwatch");
         let mut pw = Procwatch {
             child,
             dir,
@@ -192,9 +201,13 @@ impl Procwatch {
             let rest = &text[at + 5..];
             Some(rest.split_whitespace().next()?.to_owned())
         });
-        wait_for(Duration::from_secs(20), "procwatch to be ready", || {
-            http(&pw.addr, "GET", "/-/ready", "").ok().filter(|r| r.0 == 200)
-        });
+        // The address is logged once the listener is bound; behind TLS, that is as far as a
+        // plain client can check.
+        if !args.contains(&"--web.config.file") {
+            wait_for(Duration::from_secs(20), "procwatch to be ready", || {
+                http(&pw.addr, "GET", "/-/ready", "").ok().filter(|r| r.0 == 200)
+            });
+        }
         pw
     }
 
@@ -250,6 +263,24 @@ impl Procwatch {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
+}
+
+/// A temp dir holding `yaml` as procwatch.yaml: (dir, config path).
+pub fn config_dir(yaml: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = dir.path().join("procwatch.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    (dir, config)
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 impl Drop for Procwatch {

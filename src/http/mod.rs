@@ -1,5 +1,10 @@
-//! The HTTP server: /metrics, the landing page, health and lifecycle endpoints; bounded
-//! connections and header reads; concurrent scrapes collapsed into one.
+//! The HTTP server: /metrics, the landing page, health and lifecycle endpoints; TLS and basic
+//! auth from the web config; bounded connections and header reads; concurrent scrapes
+//! collapsed into one.
+
+mod web_config;
+
+pub use web_config::{WebConfig, WebConfigSource};
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -8,11 +13,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -20,9 +26,11 @@ use tracing::{debug, warn};
 
 use crate::metrics::{self, Collector, Gathered};
 
-/// At most this many connections are served at once; more wait in the kernel's backlog.
-const MAX_CONNECTIONS: usize = 128;
-/// A client must send its request headers within this time.
+/// At most this many connections are served at once; more wait in the kernel's backlog. High
+/// enough that hundreds of idle clients leave room for a real scrape; each idle one costs a
+/// few KiB and is dropped after `HEADER_READ_TIMEOUT`.
+const MAX_CONNECTIONS: usize = 1024;
+/// A client must finish its TLS handshake, and then send its request headers, within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cap on buffered request bytes (headers included).
 const MAX_BUF: usize = 16 * 1024;
@@ -33,10 +41,13 @@ pub type ReloadRequest = oneshot::Sender<Result<String, String>>;
 pub struct HttpConfig {
     pub telemetry_path: String,
     pub enable_lifecycle: bool,
+    /// TLS and basic auth; `None` serves plain HTTP to everyone.
+    pub web: Option<Arc<WebConfigSource>>,
 }
 
 struct State {
     config: HttpConfig,
+    auth: web_config::Authenticator,
     collector: Arc<Collector>,
     reload: mpsc::Sender<ReloadRequest>,
     scrape: tokio::sync::Mutex<ScrapeCache>,
@@ -63,6 +74,7 @@ pub async fn serve(
 ) {
     let state = Arc::new(State {
         config,
+        auth: web_config::Authenticator::default(),
         collector,
         reload,
         scrape: tokio::sync::Mutex::new(ScrapeCache::default()),
@@ -85,27 +97,66 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
+        let web = state.config.web.as_ref().map(|w| w.current());
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let service = service_fn(move |req| {
-                let state = Arc::clone(&state);
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
-            });
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT)
-                .max_buf_size(MAX_BUF);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::pin!(conn);
-            tokio::select! {
-                r = conn.as_mut() => if let Err(err) = r { debug!(%peer, error = %err, "connection ended") },
-                _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+            match web.as_ref().and_then(|w| w.tls.clone()) {
+                None => serve_connection(stream, state, web, shutdown).await,
+                Some(tls) => {
+                    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                    match tokio::time::timeout(HEADER_READ_TIMEOUT, accept).await {
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, state, web, shutdown).await,
+                        Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake failed"),
+                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+                    }
+                }
             }
         });
     }
+}
+
+/// Serves HTTP/1.1 on one connection, plain or TLS, until it ends or shutdown.
+async fn serve_connection<IO>(io: IO, state: Arc<State>, web: Option<Arc<WebConfig>>, shutdown: CancellationToken)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let service = service_fn(move |req| {
+        let state = Arc::clone(&state);
+        let web = web.clone();
+        async move { Ok::<_, Infallible>(respond(&state, web.as_deref(), req).await) }
+    });
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_BUF);
+    let conn = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => if let Err(err) = r { debug!(error = %err, "connection ended") },
+        _ = shutdown.cancelled() => conn.as_mut().graceful_shutdown(),
+    }
+}
+
+/// Authentication, then the route, then the web config's extra headers.
+async fn respond(state: &State, web: Option<&WebConfig>, req: Request<Incoming>) -> Response<Body> {
+    if let Some(web) = web
+        && !state.auth.allowed(web, req.headers().get(AUTHORIZATION)).await
+    {
+        let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+        resp.headers_mut()
+            .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"procwatch\""));
+        return resp;
+    }
+    let mut resp = route(state, req).await;
+    if let Some(web) = web {
+        for (name, value) in &web.headers {
+            resp.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    resp
 }
 
 async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {

@@ -1,0 +1,466 @@
+//! The web config (`--web.config.file`, the exporter-toolkit format node_exporter uses): TLS
+//! and basic auth in front of every endpoint, and extra response headers. Validated at start;
+//! read again when it or its certificate files change, keeping the last good one if the new
+//! one is bad.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::BuildHasher;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use base64::Engine;
+use hyper::header::{HeaderName, HeaderValue};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+use tokio::sync::Semaphore;
+use tracing::{info, warn};
+
+use crate::config::{Checker, ConfigError, parse_yaml, read_text};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawWebConfig {
+    tls_server_config: Option<Spanned<RawTls>>,
+    http_server_config: Option<RawHttp>,
+    #[serde(default)]
+    basic_auth_users: BTreeMap<String, Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert_file: Option<Spanned<PathBuf>>,
+    key_file: Option<Spanned<PathBuf>>,
+    client_ca_file: Option<Spanned<PathBuf>>,
+    client_auth_type: Option<Spanned<String>>,
+    min_version: Option<Spanned<String>>,
+    max_version: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    /// Accepted for compatibility; procwatch serves HTTP/1.1.
+    #[allow(dead_code)]
+    http2: Option<bool>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+}
+
+/// The response headers the exporter-toolkit lets a web config set.
+const ALLOWED_HEADERS: [&str; 5] = [
+    "strict-transport-security",
+    "x-content-type-options",
+    "x-frame-options",
+    "x-xss-protection",
+    "content-security-policy",
+];
+
+/// A validated web config.
+pub struct WebConfig {
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// User -> bcrypt hash. Empty: no authentication.
+    users: HashMap<String, String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// The files it was built from (the config and its certificates): a change means reload.
+    files: Vec<PathBuf>,
+}
+
+impl std::fmt::Debug for WebConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WebConfig")
+            .field("tls", &self.tls.is_some())
+            .field("users", &self.users.keys().collect::<Vec<_>>())
+            .field("headers", &self.headers)
+            .finish()
+    }
+}
+
+impl WebConfig {
+    pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
+        let file = path.display().to_string();
+        let text = read_text(path)?;
+        let raw: RawWebConfig = parse_yaml(&text, &file)?.unwrap_or_default();
+        let c = Checker { file: &file };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut files = vec![path.to_path_buf()];
+        let tls = match &raw.tls_server_config {
+            None => None,
+            Some(t) => Some(Arc::new(tls_config(&c, base, t, &mut files)?)),
+        };
+        let mut users = HashMap::new();
+        for (user, hash) in &raw.basic_auth_users {
+            let key = format!("basic_auth_users.{user}");
+            let h = &hash.value;
+            if !["$2a$", "$2b$", "$2y$"].iter().any(|p| h.starts_with(p)) || h.parse::<bcrypt::HashParts>().is_err() {
+                return c.err(
+                    &hash.referenced,
+                    &key,
+                    "not a bcrypt hash (expected $2y$, $2b$ or $2a$; make one with `htpasswd -nBC 10 USER`)",
+                );
+            }
+            users.insert(user.clone(), h.clone());
+        }
+        let mut headers = Vec::new();
+        if let Some(http) = &raw.http_server_config {
+            for (name, value) in &http.headers {
+                let key = format!("http_server_config.headers.{name}");
+                let lower = name.to_ascii_lowercase();
+                if !ALLOWED_HEADERS.contains(&lower.as_str()) {
+                    return c.err(
+                        &value.referenced,
+                        &key,
+                        format!("header not allowed here (allowed: {})", ALLOWED_HEADERS.join(", ")),
+                    );
+                }
+                let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(lower.as_bytes()),
+                    HeaderValue::from_str(&value.value),
+                ) else {
+                    return c.err(&value.referenced, &key, "invalid header value");
+                };
+                headers.push((n, v));
+            }
+        }
+        Ok(WebConfig {
+            tls,
+            users,
+            headers,
+            files,
+        })
+    }
+
+    pub fn needs_auth(&self) -> bool {
+        !self.users.is_empty()
+    }
+}
+
+fn tls_config(
+    c: &Checker<'_>,
+    base: &Path,
+    t: &Spanned<RawTls>,
+    files: &mut Vec<PathBuf>,
+) -> Result<rustls::ServerConfig, ConfigError> {
+    let raw = &t.value;
+    let required = |v: &Option<Spanned<PathBuf>>, key: &str| match v {
+        Some(p) => Ok((base.join(&p.value), p.referenced)),
+        None => c.err(
+            &t.referenced,
+            &format!("tls_server_config.{key}"),
+            "required when tls_server_config is given",
+        ),
+    };
+    let (cert_path, cert_at) = required(&raw.cert_file, "cert_file")?;
+    let (key_path, key_at) = required(&raw.key_file, "key_file")?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .or_else(|e| {
+            c.err(
+                &cert_at,
+                "tls_server_config.cert_file",
+                format!("cannot read certificates from {}: {e}", cert_path.display()),
+            )
+        })?;
+    if certs.is_empty() {
+        return c.err(
+            &cert_at,
+            "tls_server_config.cert_file",
+            format!("no certificate in {}", cert_path.display()),
+        );
+    }
+    let key = PrivateKeyDer::from_pem_file(&key_path).or_else(|e| {
+        c.err(
+            &key_at,
+            "tls_server_config.key_file",
+            format!("cannot read a private key from {}: {e}", key_path.display()),
+        )
+    })?;
+    files.extend([cert_path, key_path.clone()]);
+
+    let version = |v: &Option<Spanned<String>>, key: &str, default: u8| match v {
+        None => Ok(default),
+        Some(s) => match s.value.as_str() {
+            "TLS12" => Ok(2),
+            "TLS13" => Ok(3),
+            "TLS10" | "TLS11" => c.err(
+                &s.referenced,
+                &format!("tls_server_config.{key}"),
+                "TLS 1.0 and 1.1 are not offered (use TLS12 or TLS13)",
+            ),
+            other => c.err(
+                &s.referenced,
+                &format!("tls_server_config.{key}"),
+                format!("unknown TLS version {other:?} (expected TLS12 or TLS13)"),
+            ),
+        },
+    };
+    let (min, max) = (
+        version(&raw.min_version, "min_version", 2)?,
+        version(&raw.max_version, "max_version", 3)?,
+    );
+    let mut versions = Vec::new();
+    if max >= 3 && min <= 3 {
+        versions.push(&rustls::version::TLS13);
+    }
+    if min <= 2 && max >= 2 {
+        versions.push(&rustls::version::TLS12);
+    }
+    if versions.is_empty() {
+        let at = raw.min_version.as_ref().map_or(t.referenced, |s| s.referenced);
+        return c.err(&at, "tls_server_config.min_version", "min_version is above max_version");
+    }
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
+        .with_protocol_versions(&versions)
+        .or_else(|e| c.err(&t.referenced, "tls_server_config", e.to_string()))?;
+    let auth_type = raw
+        .client_auth_type
+        .as_ref()
+        .map_or("NoClientCert", |s| s.value.as_str());
+    let auth_at = raw.client_auth_type.as_ref().map_or(t.referenced, |s| s.referenced);
+    let auth_key = "tls_server_config.client_auth_type";
+    let builder = match auth_type {
+        "NoClientCert" => builder.with_no_client_auth(),
+        "RequireAndVerifyClientCert" | "VerifyClientCertIfGiven" => {
+            let Some(ca) = &raw.client_ca_file else {
+                return c.err(&auth_at, auth_key, format!("{auth_type} needs client_ca_file"));
+            };
+            let ca_path = base.join(&ca.value);
+            let mut roots = rustls::RootCertStore::empty();
+            let cas = CertificateDer::pem_file_iter(&ca_path)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .or_else(|e| {
+                    c.err(
+                        &ca.referenced,
+                        "tls_server_config.client_ca_file",
+                        format!("cannot read {}: {e}", ca_path.display()),
+                    )
+                })?;
+            for cert in cas {
+                roots
+                    .add(cert)
+                    .or_else(|e| c.err(&ca.referenced, "tls_server_config.client_ca_file", e.to_string()))?;
+            }
+            files.push(ca_path);
+            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            if auth_type == "VerifyClientCertIfGiven" {
+                verifier = verifier.allow_unauthenticated();
+            }
+            let verifier = verifier.build().or_else(|e| c.err(&auth_at, auth_key, e.to_string()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        "RequestClientCert" | "RequireAnyClientCert" => {
+            return c.err(&auth_at, auth_key, format!("{auth_type} (a client certificate that is not verified) is not supported; use RequireAndVerifyClientCert or VerifyClientCertIfGiven"));
+        }
+        other => return c.err(&auth_at, auth_key, format!("unknown client_auth_type {other:?}")),
+    };
+    let mut config = builder.with_single_cert(certs, key).or_else(|e| {
+        c.err(
+            &key_at,
+            "tls_server_config.key_file",
+            format!("the key does not fit the certificate: {e}"),
+        )
+    })?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A file's identity and version, to notice it changed.
+type Stamp = Option<(SystemTime, u64, u64)>;
+
+fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
+    use std::os::unix::fs::MetadataExt;
+    files
+        .iter()
+        .map(|f| {
+            std::fs::metadata(f)
+                .ok()
+                .map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino()))
+        })
+        .collect()
+}
+
+/// The web config in force, read again when its files change.
+pub struct WebConfigSource {
+    path: PathBuf,
+    current: ArcSwap<WebConfig>,
+    seen: Mutex<Vec<Stamp>>,
+}
+
+impl WebConfigSource {
+    pub fn load(path: &Path) -> Result<WebConfigSource, ConfigError> {
+        let config = WebConfig::load(path)?;
+        Ok(WebConfigSource {
+            path: path.to_path_buf(),
+            seen: Mutex::new(stamps(&config.files)),
+            current: ArcSwap::from_pointee(config),
+        })
+    }
+
+    /// The config for a new connection. A few stat(2) calls; a reload only when a file changed.
+    /// A config that went bad is logged once per change, and the last good one stays.
+    pub fn current(&self) -> Arc<WebConfig> {
+        let current = self.current.load_full();
+        let now = stamps(&current.files);
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        if *seen == now {
+            return current;
+        }
+        *seen = now;
+        match WebConfig::load(&self.path) {
+            Ok(new) => {
+                info!(file = %self.path.display(), "web config changed; reloaded");
+                *seen = stamps(&new.files);
+                let new = Arc::new(new);
+                self.current.store(Arc::clone(&new));
+                new
+            }
+            Err(err) => {
+                warn!(error = %err, "web config changed but is not valid; keeping the last good one");
+                current
+            }
+        }
+    }
+}
+
+/// Checks basic auth. bcrypt is slow on purpose: it runs off the async threads, at most two
+/// at a time, and a successful check is remembered (as a keyed hash, not the password).
+pub struct Authenticator {
+    hasher: std::hash::RandomState,
+    good: Mutex<HashSet<u64>>,
+    bcrypt_slots: Semaphore,
+}
+
+/// Remembered successful checks before the cache starts over.
+const MAX_CACHED: usize = 1024;
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        Authenticator {
+            hasher: std::hash::RandomState::new(),
+            good: Mutex::new(HashSet::new()),
+            bcrypt_slots: Semaphore::new(2),
+        }
+    }
+}
+
+impl Authenticator {
+    pub async fn allowed(&self, web: &WebConfig, authorization: Option<&HeaderValue>) -> bool {
+        if !web.needs_auth() {
+            return true;
+        }
+        let Some((user, password)) = authorization.and_then(parse_basic) else {
+            return false;
+        };
+        let Some(hash) = web.users.get(&user) else {
+            return false;
+        };
+        let key = self.hasher.hash_one((&user, hash, &password));
+        if self.good.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+            return true;
+        }
+        let Ok(_slot) = self.bcrypt_slots.acquire().await else {
+            return false;
+        };
+        let hash = hash.clone();
+        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        if ok {
+            let mut good = self.good.lock().unwrap_or_else(|e| e.into_inner());
+            if good.len() >= MAX_CACHED {
+                good.clear();
+            }
+            good.insert(key);
+        }
+        ok
+    }
+}
+
+fn parse_basic(v: &HeaderValue) -> Option<(String, String)> {
+    let v = v.to_str().ok()?;
+    let (scheme, rest) = v.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD.decode(rest.trim()).ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, pass) = text.split_once(':')?;
+    Some((user.to_owned(), pass.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn err(text: &str) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(dir.path(), "web.yml", text);
+        WebConfig::load(&p).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn empty_file_means_no_tls_and_no_auth() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = WebConfig::load(&write(dir.path(), "web.yml", "")).unwrap();
+        assert!(c.tls.is_none() && !c.needs_auth());
+    }
+
+    #[test]
+    fn bad_input_names_the_key() {
+        assert!(
+            err("tls_server_config:\n  cert_file: /nope.pem\n  key_file: /nope.key\n")
+                .contains(":2:14: tls_server_config.cert_file: cannot read")
+        );
+        assert!(
+            err("basic_auth_users:\n  alice: plaintext\n").contains(":2:10: basic_auth_users.alice: not a bcrypt hash")
+        );
+        assert!(err("tls_server_confg: {}\n").contains("unknown field"));
+        assert!(err("tls_server_config:\n  key_file: k\n").contains("tls_server_config.cert_file: required"));
+        assert!(err("http_server_config:\n  headers:\n    Server: x\n").contains("header not allowed"));
+    }
+
+    #[test]
+    fn basic_header_parsing() {
+        let v = HeaderValue::from_static("Basic YWxpY2U6cyNjcjN0Om9r");
+        assert_eq!(parse_basic(&v), Some(("alice".into(), "s#cr3t:ok".into())));
+        assert_eq!(parse_basic(&HeaderValue::from_static("Bearer abc")), None);
+        assert_eq!(parse_basic(&HeaderValue::from_static("Basic !!!")), None);
+    }
+
+    #[tokio::test]
+    async fn auth_checks_and_caches() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap().replacen("$2b$", "$2y$", 1);
+        let c = WebConfig::load(&write(
+            dir.path(),
+            "web.yml",
+            &format!("basic_auth_users:\n  alice: '{hash}'\n"),
+        ))
+        .unwrap();
+        let a = Authenticator::default();
+        let basic = |s: &str| {
+            HeaderValue::from_str(&format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(s)
+            ))
+            .unwrap()
+        };
+        assert!(a.allowed(&c, Some(&basic("alice:pw"))).await);
+        assert!(a.allowed(&c, Some(&basic("alice:pw"))).await, "cached");
+        assert!(!a.allowed(&c, Some(&basic("alice:wrong"))).await);
+        assert!(!a.allowed(&c, Some(&basic("bob:pw"))).await);
+        assert!(!a.allowed(&c, None).await);
+    }
+}

@@ -1,0 +1,272 @@
+//! The endpoint behind --web.config.file (TLS with rustls, bcrypt basic auth, headers,
+//! certificate rotation), and bounded HTTP: idle connections and huge headers.
+
+mod util;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use rustls::pki_types::{CertificateDer, ServerName};
+use util::{Procwatch, http, run_to_end, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+/// A CA and a server certificate for 127.0.0.1, written as PEM files.
+struct Pki {
+    dir: PathBuf,
+    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Pki {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "procwatch test CA");
+        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        let pki = Pki {
+            dir: dir.to_path_buf(),
+            ca,
+        };
+        pki.issue("first");
+        pki
+    }
+
+    /// Writes a new server certificate and key; returns the certificate's DER.
+    fn issue(&self, cn: &str) -> Vec<u8> {
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned(), "localhost".to_owned()]).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        // Key first, then the certificate: a reader never pairs a new cert with an old key
+        // for longer than between two writes.
+        std::fs::write(self.dir.join("server.key"), key.serialize_pem()).unwrap();
+        std::fs::write(self.dir.join("server.pem"), cert.pem()).unwrap();
+        cert.der().to_vec()
+    }
+
+    fn client(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(self.ca.der().to_vec())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+}
+
+/// GET over TLS: (status, head, body, the server's certificate).
+fn https(
+    addr: &str,
+    client: &Arc<rustls::ClientConfig>,
+    path: &str,
+    auth: Option<&str>,
+) -> std::io::Result<(u16, String, String, Vec<u8>)> {
+    let sock = TcpStream::connect(addr)?;
+    sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let conn = rustls::ClientConnection::new(Arc::clone(client), ServerName::try_from("127.0.0.1").unwrap())
+        .map_err(std::io::Error::other)?;
+    let mut tls = rustls::StreamOwned::new(conn, sock);
+    let auth = auth
+        .map(|a| {
+            format!(
+                "Authorization: Basic {}\r\n",
+                base64::engine::general_purpose::STANDARD.encode(a)
+            )
+        })
+        .unwrap_or_default();
+    write!(tls, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\r\n")?;
+    let mut raw = Vec::new();
+    match tls.read_to_end(&mut raw) {
+        Ok(_) => {}
+        // Our server closes without close_notify after Connection: close at times.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
+        Err(e) => return Err(e),
+    }
+    let peer = tls
+        .conn
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.to_vec())
+        .unwrap_or_default();
+    let raw = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    Ok((status, head.to_owned(), body.to_owned(), peer))
+}
+
+fn hash(password: &str) -> String {
+    // Cost 4 keeps the test quick; the server takes any cost.
+    bcrypt::hash(password, 4).unwrap().replacen("$2b$", "$2y$", 1)
+}
+
+/// A web config with TLS from `Pki`'s files, a header, and `users` (YAML lines) if any.
+fn web_config(dir: &Path, users: &str) -> PathBuf {
+    let path = dir.join("web.yml");
+    let mut text = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  min_version: TLS12\nhttp_server_config:\n  headers:\n    X-Frame-Options: DENY\n".to_owned();
+    if !users.is_empty() {
+        text.push_str(&format!("basic_auth_users:\n{users}"));
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn every_endpoint_is_behind_tls_and_basic_auth() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new(certs.path());
+    let web = web_config(certs.path(), &format!("  prometheus: '{}'\n", hash("s3cret")));
+    let pw = Procwatch::start(
+        "processes:\n  - name: web\n    command: [sleep, '600']\n",
+        &["--web.config.file", web.to_str().unwrap(), "--web.enable-lifecycle"],
+    );
+    let client = pki.client();
+    for path in ["/metrics", "/", "/-/healthy", "/-/ready", "/nope"] {
+        let (status, head, _, _) = https(&pw.addr, &client, path, None).unwrap();
+        assert_eq!(status, 401, "{path} without credentials");
+        assert!(head.contains("www-authenticate: Basic realm=\"procwatch\""), "{head}");
+        let (status, _, _, _) = https(&pw.addr, &client, path, Some("prometheus:wrong")).unwrap();
+        assert_eq!(status, 401, "{path} with a wrong password");
+        let (status, _, _, _) = https(&pw.addr, &client, path, Some("nobody:s3cret")).unwrap();
+        assert_eq!(status, 401, "{path} with an unknown user");
+    }
+    let (status, head, body, _) = https(&pw.addr, &client, "/metrics", Some("prometheus:s3cret")).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("procwatch_process_up{name=\"web\"} 1"), "{body}");
+    assert!(head.contains("x-frame-options: DENY"), "{head}");
+    // Cached after the first check: a second request does not pay bcrypt again (and works).
+    assert_eq!(
+        https(&pw.addr, &client, "/-/healthy", Some("prometheus:s3cret"))
+            .unwrap()
+            .0,
+        200
+    );
+    // Plain HTTP to the TLS port gets no answer.
+    assert!(http(&pw.addr, "GET", "/metrics", "").map(|r| r.0).unwrap_or(0) != 200);
+}
+
+#[test]
+fn certificates_rotate_without_a_restart_and_a_bad_change_keeps_the_last_good() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new(certs.path());
+    let web = web_config(certs.path(), "");
+    let pw = Procwatch::start("processes: []\n", &["--web.config.file", web.to_str().unwrap()]);
+    let client = pki.client();
+    let first = https(&pw.addr, &client, "/-/healthy", None).unwrap().3;
+    // mtime has a coarse clock on some file systems: make the change visible in it.
+    std::thread::sleep(Duration::from_millis(20));
+    let second = pki.issue("second");
+    assert_ne!(first, second);
+    wait_for(T, "the new certificate to be served", || {
+        https(&pw.addr, &client, "/-/healthy", None)
+            .ok()
+            .filter(|r| r.3 == second)
+    });
+    // A web config that goes bad: the last good one stays, and the log says why.
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: missing.pem\n  key_file: server.key\n",
+    )
+    .unwrap();
+    let (status, _, _, peer) = https(&pw.addr, &client, "/-/healthy", None).unwrap();
+    assert_eq!((status, peer == second), (200, true));
+    wait_for(T, "the warning", || {
+        pw.stderr().contains("keeping the last good one").then_some(())
+    });
+}
+
+#[test]
+fn a_bad_web_config_is_a_start_up_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = util::marker("badweb");
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "processes:\n  - name: a\n    command: [sleep, '600']\n").unwrap();
+    let cases = [
+        (
+            "tls_server_config:\n  cert_file: nope.pem\n  key_file: nope.key\n",
+            "web.yml:2:14: tls_server_config.cert_file: cannot read",
+        ),
+        (
+            "basic_auth_users:\n  alice: 'plaintext'\n",
+            "web.yml:2:10: basic_auth_users.alice: not a bcrypt hash",
+        ),
+        (
+            "basic_auth_user:\n  alice: x\n",
+            "web.yml:1:1: basic_auth_user: unknown field",
+        ),
+        (
+            "tls_server_config:\n  cert_file: c\n  key_file: k\n  min_version: TLS10\n",
+            "tls_server_config",
+        ),
+    ];
+    for (text, want) in cases {
+        let web = dir.path().join("web.yml");
+        std::fs::write(&web, text).unwrap();
+        for check in [true, false] {
+            let mut args = vec![
+                "--config",
+                config.to_str().unwrap(),
+                "--web.config.file",
+                web.to_str().unwrap(),
+            ];
+            if check {
+                args.push("--check-config");
+            }
+            let (code, _, stderr) = run_to_end(&args, dir.path(), &m);
+            assert_eq!(code, 1, "{text}: {stderr}");
+            assert!(stderr.contains(want), "{want:?} not in {stderr:?}");
+        }
+    }
+    assert!(util::pids_with(&m).is_empty());
+}
+
+#[test]
+fn idle_connections_and_huge_headers_neither_starve_a_scrape_nor_grow_memory() {
+    let pw = Procwatch::start("processes:\n  - name: a\n    command: [sleep, '600']\n", &[]);
+    let rss = || util::rss_kib(pw.pid());
+    pw.scrape();
+    let before = rss();
+    // 300 connections that never send a byte, and 50 that send half a header.
+    let mut idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(&pw.addr).unwrap()).collect();
+    for _ in 0..50 {
+        let mut s = TcpStream::connect(&pw.addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+        idle.push(s);
+    }
+    let t0 = Instant::now();
+    let s = pw.scrape();
+    assert!(s.prog("procwatch_process_up", "a") == Some(1.0));
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "a scrape waited {:?}",
+        t0.elapsed()
+    );
+
+    // A 1 MiB header is refused, and does not stay in memory.
+    for _ in 0..5 {
+        let mut s = TcpStream::connect(&pw.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let big = format!(
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(1 << 20)
+        );
+        let _ = s.write_all(big.as_bytes());
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        assert!(!out.starts_with("HTTP/1.1 200"), "a 1 MiB header was served");
+    }
+    let after = rss();
+    assert!(after < before + 16 * 1024, "RSS grew from {before} kB to {after} kB");
+    drop(idle);
+    assert_eq!(pw.scrape().prog("procwatch_process_up", "a"), Some(1.0));
+}
