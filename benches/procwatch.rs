@@ -312,9 +312,10 @@ fn file_events(quick: bool, clk: f64) {
     let overflows = sum(&body, "procwatch_file_watch_overflows_total{");
     let events = 2 * n;
     println!(
-        "file events: {n} creates + {n} removes on {} in {:.2} s: counted {creates} + {removes} ({}), {overflows} overflows; procwatch CPU {:.3} µs/event",
+        "file events: {n} creates + {n} removes on {} in {:.2} s ({:.0} events/s): counted {creates} + {removes} ({}), {overflows} overflows; procwatch CPU {:.3} µs/event",
         if shm.is_dir() { "tmpfs" } else { "disk" },
         made.as_secs_f64(),
+        events as f64 / made.as_secs_f64(),
         if creates == n && removes == n {
             "exact"
         } else {

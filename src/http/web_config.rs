@@ -82,9 +82,15 @@ impl std::fmt::Debug for WebConfig {
 
 impl WebConfig {
     pub fn load(path: &Path) -> Result<WebConfig, ConfigError> {
-        let file = path.display().to_string();
         let text = read_text(path)?;
-        let raw: RawWebConfig = parse_yaml(&text, &file)?.unwrap_or_default();
+        WebConfig::parse(&text, path)
+    }
+
+    /// Parses and validates web config text that was read from `path` (which names it in
+    /// errors, and against whose directory relative certificate paths are resolved).
+    pub fn parse(text: &str, path: &Path) -> Result<WebConfig, ConfigError> {
+        let file = path.display().to_string();
+        let raw: RawWebConfig = parse_yaml(text, &file)?.unwrap_or_default();
         let c = Checker { file: &file };
         let base = path.parent().unwrap_or(Path::new("."));
         let mut files = vec![path.to_path_buf()];
