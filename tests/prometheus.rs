@@ -21,15 +21,17 @@ fn repo(rel: &str) -> PathBuf {
     Path::new(ROOT).join(rel)
 }
 
-/// The tool's path, or `None` (with the reason printed) where it may be skipped.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A Prometheus tool's path, or `None` (with the reason printed) where it may be skipped.
 fn tool(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_default();
+    let found = which(name);
     if found.is_none() {
         if std::env::var_os("PROCWATCH_REQUIRE_PROMETHEUS").is_some() {
             panic!("{name} is not on PATH and PROCWATCH_REQUIRE_PROMETHEUS is set (apt-get install prometheus)");
@@ -220,14 +222,9 @@ fn the_systemd_unit_verifies() {
     );
 }
 
+/// A tool the tests use where it is installed, and skip (saying so) where it is not.
 fn tool_optional(name: &str) -> Option<PathBuf> {
-    let found = std::env::var_os("PATH")
-        .map(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join(name))
-                .find(|p| p.is_file())
-        })
-        .unwrap_or_default();
+    let found = which(name);
     if found.is_none() {
         eprintln!("skipped: {name} is not on PATH");
     }
