@@ -31,6 +31,8 @@ pub struct Options {
     pub enable_lifecycle: bool,
     /// `--web.config.file`, loaded and validated.
     pub web_config: Option<Arc<WebConfigSource>>,
+    /// Start the guardian process (see `supervisor::guardian`): true in the procwatch binary.
+    pub guardian: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -95,7 +97,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let mut supervisor = Supervisor::new()?;
+    let mut supervisor = Supervisor::new(options.guardian)?;
     let mut watches = Watches::default();
     let reload_status = Arc::new(ReloadStatus::default());
     let collector = Arc::new(Collector::new(

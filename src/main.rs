@@ -156,6 +156,7 @@ fn main() -> ExitCode {
         telemetry_path: cli.telemetry_path.clone(),
         enable_lifecycle: cli.enable_lifecycle,
         web_config,
+        guardian: true,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -174,9 +174,12 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    pub fn new() -> Result<Supervisor, SupervisorError> {
+    /// `guardian`: also start the guardian process (procwatch's own binary with
+    /// `--guardian`), so that programs' descendants die even if procwatch is SIGKILLed. Only
+    /// the procwatch binary can be its own guardian; a test harness running `app::run` cannot.
+    pub fn new(guardian: bool) -> Result<Supervisor, SupervisorError> {
         Ok(Supervisor {
-            os: os::Os::start().map_err(SupervisorError::Start)?,
+            os: os::Os::start(guardian).map_err(SupervisorError::Start)?,
             published: Arc::new(ArcSwap::from_pointee(Vec::new())),
             runners: HashMap::new(),
         })

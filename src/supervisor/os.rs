@@ -61,17 +61,21 @@ pub(crate) struct Os {
 }
 
 impl Os {
-    /// Makes procwatch a child subreaper and starts the spawner and reaper threads.
-    pub(crate) fn start() -> io::Result<Arc<Os>> {
+    /// Makes procwatch a child subreaper and starts the spawner and reaper threads, and the
+    /// guardian process if asked to.
+    pub(crate) fn start(guardian: bool) -> io::Result<Arc<Os>> {
         // SAFETY: plain prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let guardian = Guardian::start()
+        let guardian = guardian
+            .then(Guardian::start)
+            .transpose()
             .inspect_err(|err| {
                 tracing::warn!(error = %err, "cannot start the guardian; programs' descendants may outlive a killed procwatch")
             })
-            .ok();
+            .ok()
+            .flatten();
         let (spawn_tx, spawn_rx) = std::sync::mpsc::channel::<SpawnRequest>();
         let os = Arc::new(Os {
             registry: Mutex::new(Registry::default()),
