@@ -81,12 +81,14 @@ struct Row {
     p99: Duration,
     idle_pct: f64,
     rss: u64,
+    /// The same reads through the `procfs` crate, for the choice of direct parsing.
+    procfs_crate: Duration,
 }
 
 impl Row {
     fn print(&self) {
         println!(
-            "{:>12} {:>8.2} {:>8.3} ms {:>7.3} ms {:>7.2} µs {:>6.2} {:>8.2} ms {:>8.2} ms {:>10.3}% {:>5.1} MiB",
+            "{:>12} {:>8.2} {:>8.3} ms {:>7.3} ms {:>7.2} µs {:>6.2} {:>8.2} ms {:>8.2} ms {:>10.3}% {:>5.1} MiB {:>9.3} ms",
             self.label,
             self.start.as_secs_f64(),
             ms(self.scrape_cpu),
@@ -97,6 +99,7 @@ impl Row {
             ms(self.p99),
             self.idle_pct,
             self.rss as f64 / (1024.0 * 1024.0),
+            ms(self.procfs_crate),
         );
     }
 }
@@ -155,6 +158,11 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
         floor_pass(&pids);
     }
     let floor = (process_cpu() - f0) / rounds as u32;
+    let c0 = process_cpu();
+    for _ in 0..rounds {
+        procfs_crate_pass(&pids);
+    }
+    let procfs_crate = (process_cpu() - c0) / rounds as u32;
 
     let idle_for = if quick {
         Duration::from_secs(3)
@@ -175,6 +183,7 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
         p99: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
         idle_pct,
         rss,
+        procfs_crate,
     };
     pw.stop();
     row
@@ -208,6 +217,27 @@ fn floor_pass(pids: &[i32]) -> u64 {
         acc += std::fs::metadata(format!("/proc/{pid}/fd"))
             .map(|m| m.len())
             .unwrap_or(0);
+    }
+    acc
+}
+
+/// The same information through the `procfs` crate: stat, the main thread's children, and
+/// the fd count (which it takes by listing the fd directory).
+fn procfs_crate_pass(pids: &[i32]) -> u64 {
+    let mut acc = 0u64;
+    for &pid in pids {
+        let Ok(p) = procfs::process::Process::new(pid) else {
+            continue;
+        };
+        if let Ok(st) = p.stat() {
+            acc = acc.wrapping_add(st.utime + st.stime + st.rss);
+        }
+        if let Ok(t) = p.task_main_thread()
+            && let Ok(c) = t.children()
+        {
+            acc += c.len() as u64;
+        }
+        acc += p.fd_count().unwrap_or(0) as u64;
     }
     acc
 }

@@ -274,7 +274,8 @@ fn glob_set(globs: &[String]) -> Option<GlobSet> {
     b.build().ok()
 }
 
-/// One watch's life: establish, count, and re-establish when the path comes back.
+/// One watch's life: establish, count, and re-establish when the path comes back. Every
+/// failure waits `RETRY_EVERY` before the next try, so nothing here can spin.
 async fn run_watch(config: WatchConfig, stats: Arc<WatchStats>, stop: CancellationToken) {
     let filter = Arc::new(Filter::new(&config));
     let mut said_missing = false;
@@ -286,62 +287,66 @@ async fn run_watch(config: WatchConfig, stats: Arc<WatchStats>, stop: Cancellati
                     info!(watch = %config.name, path = %config.path.display(), error = %err, "watch path not there; retrying every {RETRY_EVERY:?}");
                     said_missing = true;
                 }
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY_EVERY) => continue,
-                    _ = stop.cancelled() => break,
+                if !wait_or_stop(&stop).await {
+                    break;
                 }
+                continue;
             }
         };
         said_missing = false;
-        match Tree::establish(root.clone(), config.recursive, Arc::clone(&filter), Arc::clone(&stats)) {
+        let outcome = match Tree::establish(root.clone(), config.recursive, Arc::clone(&filter), Arc::clone(&stats)) {
             Ok((inotify, tree)) => {
                 stats.up.store(true, Ordering::Relaxed);
                 info!(watch = %config.name, path = %root.display(), recursive = config.recursive, dirs = tree.dirs.len(), "watching");
-                let gone = match StopFd::new() {
-                    Ok(stop_fd) => {
-                        let stop_fd = Arc::new(stop_fd);
-                        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-                        let thread_stop = Arc::clone(&stop_fd);
-                        let spawned = std::thread::Builder::new()
-                            .name(format!("watch-{}", config.name))
-                            .spawn(move || {
-                                let _ = done_tx.send(tree.run_blocking(inotify, &thread_stop));
-                            });
-                        match spawned {
-                            Ok(_) => tokio::select! {
-                                gone = done_rx => gone.unwrap_or(true),
-                                _ = stop.cancelled() => {
-                                    stop_fd.signal();
-                                    false
-                                }
-                            },
-                            Err(err) => {
-                                warn!(watch = %config.name, error = %err, "cannot start the watch thread");
-                                true
-                            }
-                        }
-                    }
-                    Err(err) => {
-                        warn!(watch = %config.name, error = %err, "cannot create an eventfd");
-                        true
-                    }
-                };
+                let outcome = run_tree(&config.name, tree, inotify, &stop).await;
                 stats.up.store(false, Ordering::Relaxed);
-                if gone {
-                    warn!(watch = %config.name, path = %root.display(), "watched path went away; waiting for it to come back");
-                }
+                outcome
+            }
+            Err(err) => Err(err),
+        };
+        match outcome {
+            Ok(false) => break,
+            Ok(true) => {
+                warn!(watch = %config.name, path = %root.display(), "watched path went away; waiting for it to come back");
             }
             Err(err) => {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(watch = %config.name, path = %root.display(), error = %err, "cannot watch{}", hint(&err));
-                tokio::select! {
-                    _ = tokio::time::sleep(RETRY_EVERY) => {}
-                    _ = stop.cancelled() => break,
+                if !wait_or_stop(&stop).await {
+                    break;
                 }
             }
         }
     }
     stats.up.store(false, Ordering::Relaxed);
+}
+
+/// Sleeps `RETRY_EVERY`; false if `stop` came first.
+async fn wait_or_stop(stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(RETRY_EVERY) => true,
+        _ = stop.cancelled() => false,
+    }
+}
+
+/// Counts on the tree's own thread until the root goes away (`Ok(true)`), `stop`
+/// (`Ok(false)`), or inotify fails.
+async fn run_tree(name: &str, tree: Tree, inotify: Inotify, stop: &CancellationToken) -> std::io::Result<bool> {
+    let stop_fd = Arc::new(StopFd::new()?);
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let thread_stop = Arc::clone(&stop_fd);
+    std::thread::Builder::new()
+        .name(format!("watch-{name}"))
+        .spawn(move || {
+            let _ = done_tx.send(tree.run_blocking(inotify, &thread_stop));
+        })?;
+    tokio::select! {
+        end = done_rx => end.unwrap_or(Ok(true)),
+        _ = stop.cancelled() => {
+            stop_fd.signal();
+            Ok(false)
+        }
+    }
 }
 
 fn hint(err: &std::io::Error) -> &'static str {
@@ -489,7 +494,7 @@ impl Tree {
     /// waiting on the descriptor (so arrivals wake nobody), then drains hundreds of events
     /// per read. The kernel queue (fs.inotify.max_queued_events, 16384 by default) holds far
     /// more than arrives in that time.
-    fn run_blocking(mut self, mut inotify: Inotify, stop: &StopFd) -> bool {
+    fn run_blocking(mut self, mut inotify: Inotify, stop: &StopFd) -> std::io::Result<bool> {
         let mut buf = vec![0u8; 64 * 1024];
         let mut fds = [
             libc::pollfd {
@@ -507,15 +512,14 @@ impl Tree {
             // SAFETY: `fds` is a valid array of two pollfds.
             let r = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
             if r < 0 {
-                if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
                     continue;
                 }
-                self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                warn!(watch = %self.stats.name, error = %std::io::Error::last_os_error(), "poll failed");
-                return true;
+                return Err(err);
             }
             if fds[1].revents != 0 {
-                return false;
+                return Ok(false);
             }
             std::thread::sleep(COALESCE);
             loop {
@@ -523,16 +527,12 @@ impl Tree {
                     Ok(events) => {
                         for ev in events {
                             if self.on_event(ev.wd, ev.mask, ev.cookie, ev.name) {
-                                return true;
+                                return Ok(true);
                             }
                         }
                     }
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(err) => {
-                        self.stats.errors.fetch_add(1, Ordering::Relaxed);
-                        warn!(watch = %self.stats.name, error = %err, "reading inotify events failed");
-                        return true;
-                    }
+                    Err(err) => return Err(err),
                 }
             }
         }
