@@ -49,6 +49,8 @@ pub enum AppError {
     },
     #[error(transparent)]
     Supervisor(#[from] SupervisorError),
+    #[error("cannot install signal handlers: {0}")]
+    Signals(#[source] std::io::Error),
 }
 
 impl AppError {
@@ -56,7 +58,7 @@ impl AppError {
     pub fn exit_code(&self) -> u8 {
         match self {
             AppError::Config(_) | AppError::ListenAddress { .. } | AppError::Bind { .. } => 1,
-            AppError::Supervisor(_) => 2,
+            AppError::Supervisor(_) | AppError::Signals(_) => 2,
         }
     }
 }
@@ -97,6 +99,11 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
+    // Handlers first: a SIGTERM or SIGHUP while thousands of programs are starting must be a
+    // graceful stop or a reload, not the default action (death).
+    let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
     let mut supervisor = Supervisor::new(options.guardian)?;
     let mut watches = Watches::default();
     let reload_status = Arc::new(ReloadStatus::default());
@@ -133,9 +140,6 @@ pub async fn run(
         watches,
         reload_status,
     };
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => break,

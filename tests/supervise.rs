@@ -273,3 +273,19 @@ fn sigkill_of_procwatch_leaves_no_program_nor_descendant_running() {
         procs_with(&m).is_empty().then_some(())
     });
 }
+
+#[test]
+fn sigterm_while_programs_are_still_being_spawned_is_a_graceful_stop() {
+    let m = marker("early");
+    let mut yaml = String::from("processes:\n");
+    for i in 0..400 {
+        yaml.push_str(&format!("  - name: p{i}\n    command: [sleep, '600']\n"));
+    }
+    // start_marked returns as soon as procwatch serves, while the spawner thread is still
+    // starting the 400: stops race spawns in flight, and none may be missed.
+    let mut pw = Procwatch::start_marked(&yaml, &[], &m);
+    let status = pw.stop();
+    assert!(status.success(), "exit status {status:?}\n{}", pw.stderr());
+    let left = procs_with(&m);
+    assert!(left.is_empty(), "{} left", left.len());
+}

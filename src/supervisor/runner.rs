@@ -131,7 +131,13 @@ impl Runner {
                     Some(libc::ENOENT) => 127,
                     _ => 126,
                 };
-                warn!(program = self.name(), command = ?config.command, error = %err, "cannot start program");
+                warn!(
+                    program = self.name(),
+                    command = ?config.command,
+                    cwd = ?config.cwd,
+                    error = %err,
+                    "cannot start program"
+                );
                 let exit = Exit {
                     reason: ExitReason::Failure,
                     code,
