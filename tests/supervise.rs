@@ -289,3 +289,22 @@ fn sigterm_while_programs_are_still_being_spawned_is_a_graceful_stop() {
     let left = procs_with(&m);
     assert!(left.is_empty(), "{} left", left.len());
 }
+
+#[test]
+fn shutdown_timeout_bounds_the_whole_stop() {
+    let m = marker("bound");
+    let mut pw = Procwatch::start_marked(
+        "shutdown_timeout: 1s\nprocesses:\n  - name: stubborn\n    command: [sh, -c, 'trap \"\" TERM; sleep 600 & wait']\n    stop_timeout: 60s\n",
+        &[],
+        &m,
+    );
+    pw.wait_scrape(T, "stubborn and its child", |s| {
+        s.prog("procwatch_process_tree_processes", "stubborn") == Some(2.0)
+    });
+    let t0 = Instant::now();
+    assert!(pw.stop().success());
+    // 1 s of shutdown_timeout, not 60 s of stop_timeout; the rest is the guardian's release.
+    assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
+    let left = procs_with(&m);
+    assert!(left.is_empty(), "left running: {left:?}");
+}

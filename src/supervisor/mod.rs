@@ -235,8 +235,8 @@ impl Supervisor {
         report
     }
 
-    /// Stops every program gracefully; returns when all have stopped or `timeout` passed, in
-    /// which case every group still alive is killed.
+    /// Stops every program gracefully, then any stray child; returns when all have stopped or
+    /// `timeout` passed, in which case everything still alive is killed.
     pub async fn shutdown(&mut self, timeout: Duration) {
         for runner in self.runners.values() {
             runner.stop.cancel();
@@ -246,29 +246,47 @@ impl Supervisor {
             for t in tasks {
                 let _ = t.await;
             }
+            self.stop_strays().await;
         };
         if tokio::time::timeout(timeout, all).await.is_err() {
             tracing::warn!(?timeout, "shutdown_timeout passed; killing what is left");
             for pgid in self.os.groups() {
                 os::signal_group(pgid, libc::SIGKILL);
             }
+            for pid in self.strays() {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            // SIGKILL is not instant: give the kernel a moment, so that nothing is still
+            // running when procwatch exits.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+            while self.os.groups().into_iter().any(os::group_alive) && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
         }
-        self.stop_strays().await;
         self.os.release_guardian().await;
+    }
+
+    /// Children of procwatch that are no program's main process nor the guardian.
+    fn strays(&self) -> Vec<i32> {
+        let guardian = self.os.guardian_pid();
+        let mains: Vec<i32> = self
+            .published
+            .load()
+            .iter()
+            .filter_map(|p| p.status().state.run().map(|(pid, _)| pid))
+            .collect();
+        let mut pids = Vec::new();
+        procfs::own_children(&mut procfs::Reader::default(), &mut pids);
+        pids.retain(|&p| Some(p) != guardian && !mains.contains(&p));
+        pids
     }
 
     /// Last safety net: anything still re-parented to procwatch (a descendant that left its
     /// program's session) gets SIGTERM, then SIGKILL, so that nothing procwatch started
     /// outlives it.
     async fn stop_strays(&self) {
-        let guardian = self.os.guardian_pid();
-        let strays = || {
-            let mut pids = Vec::new();
-            procfs::own_children(&mut procfs::Reader::default(), &mut pids);
-            pids.retain(|&p| Some(p) != guardian);
-            pids
-        };
-        let mut pids = strays();
+        let mut pids = self.strays();
         if pids.is_empty() {
             return;
         }
@@ -283,7 +301,7 @@ impl Supervisor {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
         while !pids.is_empty() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
-            pids = strays();
+            pids = self.strays();
         }
         for &pid in &pids {
             // SAFETY: plain syscall.
