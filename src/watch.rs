@@ -434,6 +434,11 @@ impl Tree {
                 Err(err) => {
                     self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(watch = %self.stats.name, dir = %self.root.join(&dir).display(), error = %err, "cannot watch directory{}", hint(&err));
+                    if err.raw_os_error() == Some(libc::ENOSPC) {
+                        // Out of watches: every other directory would fail the same way. One
+                        // error and one line, not one per directory of a large tree.
+                        break;
+                    }
                     continue;
                 }
             };
