@@ -237,3 +237,42 @@ fn port_in_use_is_a_start_up_error() {
     assert!(stderr.contains("cannot listen on"), "{stderr}");
     assert!(pids_with(&m).is_empty());
 }
+
+#[test]
+fn version_and_json_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = marker("version");
+    let (code, stdout, _) = run_to_end(&["--version"], dir.path(), &m);
+    assert_eq!(code, 0);
+    assert_eq!(stdout.trim(), format!("procwatch {}", env!("CARGO_PKG_VERSION")));
+
+    let pw = Procwatch::start("processes: []\n", &["--log.format", "json"]);
+    let log = pw.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("procwatch starting"))
+        .expect("a start line");
+    let v: serde_json::Value = serde_json::from_str(line).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO");
+    assert!(v["fields"]["addr"].as_str().unwrap().starts_with("127.0.0.1:"), "{v}");
+}
+
+#[test]
+fn listen_address_comes_from_the_config_when_the_flag_is_absent() {
+    let (dir, config) = util::config_dir("listen_address: 127.0.0.1:0\nprocesses: []\n");
+    let stderr = dir.path().join("stderr.log");
+    let mut child = std::process::Command::new(util::BIN)
+        .args(["--config", config.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = util::wait_for(T, "the address line", || {
+        util::logged_addr(&std::fs::read_to_string(&stderr).ok()?)
+    });
+    assert!(addr.starts_with("127.0.0.1:") && addr != "127.0.0.1:9407", "{addr}");
+    assert_eq!(http(&addr, "GET", "/-/healthy", "").unwrap().0, 200);
+    // SAFETY: plain syscall to our child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    assert!(child.wait().unwrap().success());
+}

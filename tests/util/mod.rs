@@ -197,9 +197,7 @@ impl Procwatch {
             if let Ok(Some(status)) = pw.child.try_wait() {
                 panic!("procwatch exited at start-up with {status}:\n{text}");
             }
-            let at = text.find("addr=")?;
-            let rest = &text[at + 5..];
-            Some(rest.split_whitespace().next()?.to_owned())
+            logged_addr(&text)
         });
         // The address is logged once the listener is bound; behind TLS, that is as far as a
         // plain client can check.
@@ -263,6 +261,15 @@ impl Procwatch {
     pub fn path(&self, rel: &str) -> PathBuf {
         self.dir.path().join(rel)
     }
+}
+
+/// The address procwatch logged it serves on, in logfmt (`addr=...`) or JSON (`"addr":"..."`).
+pub fn logged_addr(log: &str) -> Option<String> {
+    if let Some(at) = log.find("addr=") {
+        return Some(log[at + 5..].split_whitespace().next()?.to_owned());
+    }
+    let at = log.find("\"addr\":\"")?;
+    Some(log[at + 8..].split('"').next()?.to_owned())
 }
 
 /// A temp dir holding `yaml` as procwatch.yaml: (dir, config path).
