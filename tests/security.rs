@@ -273,3 +273,50 @@ fn idle_connections_and_huge_headers_neither_starve_a_scrape_nor_grow_memory() {
     drop(idle);
     assert_eq!(pw.scrape().prog("procwatch_process_up", "a"), Some(1.0));
 }
+
+/// procwatch's own CPU time, in clock ticks.
+fn cpu_ticks(pid: i32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let rest = &text[text.rfind(')').unwrap() + 2..];
+    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
+    f[11] + f[12]
+}
+
+#[test]
+fn a_flood_of_concurrent_scrapes_shares_the_proc_work() {
+    let mut yaml = String::from("status_interval: 0\nprocesses:\n");
+    for i in 0..300 {
+        yaml.push_str(&format!("  - name: p{i}\n    command: [sleep, '600']\n"));
+    }
+    let pw = Procwatch::start(&yaml, &[]);
+    pw.wait_scrape(T, "300 programs up", |s| {
+        s.samples
+            .iter()
+            .filter(|(k, v)| k.starts_with("procwatch_process_up{") && **v == 1.0)
+            .count()
+            == 300
+    });
+    const N: u64 = 40;
+    let c0 = cpu_ticks(pw.pid());
+    for _ in 0..N {
+        pw.scrape();
+    }
+    let one_by_one = cpu_ticks(pw.pid()) - c0;
+    let c1 = cpu_ticks(pw.pid());
+    let threads: Vec<_> = (0..N)
+        .map(|_| {
+            let addr = pw.addr.clone();
+            std::thread::spawn(move || http(&addr, "GET", "/metrics", "").unwrap().0)
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 200);
+    }
+    let together = cpu_ticks(pw.pid()) - c1;
+    eprintln!("{N} scrapes: {one_by_one} ticks one by one, {together} ticks all at once");
+    assert!(one_by_one >= 10, "the baseline is measurable: {one_by_one} ticks");
+    assert!(
+        together * 3 < one_by_one,
+        "{together} ticks at once vs {one_by_one} one by one"
+    );
+}
