@@ -1,8 +1,9 @@
 //! The Prometheus collector: gathers the published snapshots and /proc at scrape time, and
 //! encodes them in the text exposition format. Every metric name and help text lives here.
 //!
-//! Encoding writes straight into a reused `String`: at thousands of programs, building a
-//! `MetricFamily` per sample costs more than the /proc reads it reports on.
+//! Encoding writes straight into a reused `String` rather than through the `prometheus`
+//! crate's `MetricFamily` values: building and encoding those for 1000 programs costs 5.9 ms,
+//! twice procwatch's whole cost above the bare /proc reads (see the benchmark).
 
 use std::collections::HashMap;
 use std::fmt::Write;
