@@ -124,6 +124,13 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     init_logging(cli.log_level, cli.log_format);
+    if !cli.telemetry_path.starts_with('/') || cli.telemetry_path.len() < 2 {
+        eprintln!(
+            "procwatch: --web.telemetry-path {:?}: must be a path like /metrics",
+            cli.telemetry_path
+        );
+        return ExitCode::from(1);
+    }
     let config = match load(&cli) {
         Ok(c) => c,
         Err(err) => {

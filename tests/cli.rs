@@ -276,3 +276,25 @@ fn listen_address_comes_from_the_config_when_the_flag_is_absent() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn bad_flags_are_start_up_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = marker("flags");
+    for (args, want) in [
+        (
+            &["--web.listen-address", "nowhere"][..],
+            "invalid listen address \"nowhere\"",
+        ),
+        (
+            &["--web.telemetry-path", "metrics"][..],
+            "--web.telemetry-path \"metrics\"",
+        ),
+        (&["--web.telemetry-path", "/"][..], "--web.telemetry-path \"/\""),
+    ] {
+        let (code, _, stderr) = run_to_end(args, dir.path(), &m);
+        assert_eq!(code, 1, "{args:?}: {stderr}");
+        assert!(stderr.contains(want), "{want:?} not in {stderr}");
+    }
+    assert!(pids_with(&m).is_empty(), "nothing started");
+}

@@ -208,3 +208,19 @@ fn two_sighups_in_quick_succession_end_in_the_last_config() {
         (procs == ["sleep 602"]).then_some(())
     });
 }
+
+#[test]
+fn listen_address_is_not_changed_live_and_status_interval_is() {
+    let pw = Procwatch::start("listen_address: 127.0.0.1:1\nstatus_interval: 0\nprocesses: []\n", &[]);
+    pw.write_config("listen_address: 127.0.0.1:2\nstatus_interval: 100ms\nprocesses: []\n");
+    pw.signal(libc::SIGHUP);
+    util::wait_for(T, "the reload", || {
+        pw.stderr().contains("config reloaded").then_some(())
+    });
+    assert!(pw.stderr().contains("listen_address changed"), "{}", pw.stderr());
+    // Still served where it was (the flag wins anyway; the config's change waits for a restart).
+    assert_eq!(http(&pw.addr, "GET", "/-/healthy", "").unwrap().0, 200);
+    util::wait_for(T, "status reports at the new interval", || {
+        (pw.stdout().matches("procwatch status:").count() >= 2).then_some(())
+    });
+}

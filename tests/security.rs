@@ -56,6 +56,32 @@ impl Pki {
         cert.der().to_vec()
     }
 
+    /// A client certificate signed by the CA, as (cert chain, key) for rustls.
+    fn client_identity(&self) -> (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(rcgen::DnType::CommonName, "prometheus");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from(key.serialize_der());
+        (vec![CertificateDer::from(cert.der().to_vec())], der.into())
+    }
+
+    /// A client that trusts this CA and presents a certificate from `identity`'s CA.
+    fn client_with_cert(&self, identity: &Pki) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(CertificateDer::from(self.ca.der().to_vec())).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let (chain, key) = identity.client_identity();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_client_auth_cert(chain, key)
+                .unwrap(),
+        )
+    }
+
     fn client(&self) -> Arc<rustls::ClientConfig> {
         let mut roots = rustls::RootCertStore::empty();
         roots.add(CertificateDer::from(self.ca.der().to_vec())).unwrap();
@@ -158,6 +184,32 @@ fn every_endpoint_is_behind_tls_and_basic_auth() {
     );
     // Plain HTTP to the TLS port gets no answer.
     assert!(http(&pw.addr, "GET", "/metrics", "").map(|r| r.0).unwrap_or(0) != 200);
+}
+
+#[test]
+fn client_certificates_are_required_and_verified_when_configured() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new(certs.path());
+    let web = certs.path().join("web.yml");
+    std::fs::write(
+        &web,
+        "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n  client_ca_file: ca.pem\n  client_auth_type: RequireAndVerifyClientCert\n",
+    )
+    .unwrap();
+    let pw = Procwatch::start("processes: []\n", &["--web.config.file", web.to_str().unwrap()]);
+    let (status, _, body, _) = https(&pw.addr, &pki.client_with_cert(&pki), "/metrics", None).unwrap();
+    assert_eq!(status, 200);
+    assert!(body.contains("procwatch_build_info"));
+    // Without a client certificate, or with one from another CA, nothing is served.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let other = Pki::new(elsewhere.path());
+    for (what, client) in [
+        ("no certificate", pki.client()),
+        ("another CA's", pki.client_with_cert(&other)),
+    ] {
+        let r = https(&pw.addr, &client, "/metrics", None);
+        assert!(r.as_ref().is_err(), "served with {what}: {:?}", r.map(|r| r.0));
+    }
 }
 
 #[test]
