@@ -108,14 +108,14 @@ impl Collector {
             .filter_map(|(i, s)| s.state.run().map(|(pid, _)| (pid, i)))
             .collect();
         let mut usages: Vec<Option<TreeUsage>> = vec![None; programs.len()];
-        let mut stack = Vec::new();
+        let mut walk = procfs::TreeWalk::default();
         for (i, status) in statuses.iter().enumerate() {
             let Some((pid, _)) = status.state.run() else { continue };
             // The main process is procwatch's child until reaped; anything else is a reused PID.
             match reader.stat(pid) {
                 Some(st) if st.ppid == me => {
                     let usage = usages[i].get_or_insert_default();
-                    reader.tree_from(st, usage, &mut stack);
+                    reader.tree_from(st, usage, &mut walk);
                 }
                 _ => {}
             }
@@ -124,14 +124,14 @@ impl Collector {
         let mut children = Vec::new();
         procfs::own_children(&mut reader, &mut children);
         for pid in children {
-            if run_index.contains_key(&pid) {
+            if run_index.contains_key(&pid) || walk.seen(pid) {
                 continue;
             }
             let Some(st) = reader.stat(pid) else { continue };
             let owner = run_index.get(&st.pgrp).or_else(|| run_index.get(&st.session));
             if let Some(&i) = owner {
                 let usage = usages[i].get_or_insert_default();
-                reader.tree_from(st, usage, &mut stack);
+                reader.tree_from(st, usage, &mut walk);
             }
         }
 

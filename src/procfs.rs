@@ -3,6 +3,7 @@
 //! Everything here is a snapshot the kernel may invalidate at any moment: a PID that vanished
 //! mid-read is "no sample" (`None`), never an error. Units are in the names. See proc(5).
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::Read;
 use std::sync::OnceLock;
@@ -214,21 +215,44 @@ impl TreeUsage {
     }
 }
 
+/// Scratch space for one pass over many trees.
+#[derive(Default)]
+pub struct TreeWalk {
+    stack: Vec<i32>,
+    /// PIDs already summed in this pass. A process re-parented while the pass runs (its
+    /// parent died) can be met twice, once under its old parent and once under its new one;
+    /// summed twice, its CPU would lift a counter that may never go down again.
+    seen: HashSet<i32>,
+}
+
+impl TreeWalk {
+    /// Whether `pid` was already summed in this pass.
+    pub fn seen(&self, pid: i32) -> bool {
+        self.seen.contains(&pid)
+    }
+}
+
 impl Reader {
-    /// Sums the tree under `root` (inclusive), given its already-read stat.
-    pub fn tree_from(&mut self, root: Stat, usage: &mut TreeUsage, stack: &mut Vec<i32>) {
+    /// Sums the tree under `root` (inclusive), given its already-read stat, skipping what
+    /// this pass has summed already.
+    pub fn tree_from(&mut self, root: Stat, usage: &mut TreeUsage, walk: &mut TreeWalk) {
         let page = sys().page_size;
+        if !walk.seen.insert(root.pid) {
+            return;
+        }
         let fds = self.open_fds(root.pid).unwrap_or(0);
         usage.add(&root, fds, page);
-        let base = stack.len();
-        self.children(root.pid, root.num_threads, stack);
-        while stack.len() > base {
-            let pid = stack.pop().expect("stack is longer than base");
+        self.children(root.pid, root.num_threads, &mut walk.stack);
+        while let Some(pid) = walk.stack.pop() {
+            if walk.seen.contains(&pid) {
+                continue;
+            }
             // A child that exited since its parent listed it: no sample.
             let Some(st) = self.stat(pid) else { continue };
+            walk.seen.insert(pid);
             let fds = self.open_fds(pid).unwrap_or(0);
             usage.add(&st, fds, page);
-            self.children(pid, st.num_threads, stack);
+            self.children(pid, st.num_threads, &mut walk.stack);
         }
     }
 }
@@ -312,6 +336,26 @@ mod tests {
             parse_btime("cpu 1 2\nbtime 1700000000\nprocesses 5\n"),
             Some(1_700_000_000)
         );
+    }
+
+    #[test]
+    fn a_pass_sums_each_process_once() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut r = Reader::default();
+        let me = std::process::id() as i32;
+        let mut walk = TreeWalk::default();
+        let mut usage = TreeUsage::default();
+        let root = r.stat(me).unwrap();
+        r.tree_from(root, &mut usage, &mut walk);
+        let once = usage;
+        assert!(once.processes >= 2, "this process and its sleep: {once:?}");
+        // Met again (as a re-parented orphan would be): not summed again.
+        let sleep = r.stat(child.id() as i32).unwrap();
+        r.tree_from(sleep, &mut usage, &mut walk);
+        r.tree_from(root, &mut usage, &mut walk);
+        assert_eq!(usage, once);
+        child.kill().unwrap();
+        child.wait().unwrap();
     }
 
     #[test]
