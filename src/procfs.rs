@@ -257,6 +257,33 @@ impl Reader {
     }
 }
 
+impl Reader {
+    /// The processes in the tree under `root` whose session is not `session`: descendants that
+    /// left the program's session (setsid) while their parent is still in its tree, and so are
+    /// out of reach of a signal to the program's process group.
+    pub fn escaped(&mut self, root: i32, session: i32) -> Vec<Stat> {
+        let mut out = Vec::new();
+        let Some(st) = self.stat(root) else { return out };
+        let mut stack = Vec::new();
+        self.children(root, st.num_threads, &mut stack);
+        while let Some(pid) = stack.pop() {
+            let Some(st) = self.stat(pid) else { continue };
+            if st.session != session {
+                out.push(st);
+            }
+            self.children(pid, st.num_threads, &mut stack);
+        }
+        out
+    }
+
+    /// Whether the process that had `pid` and `starttime_ticks` still runs (not a zombie, not
+    /// a new process that reused the PID).
+    pub fn runs(&mut self, pid: i32, starttime_ticks: u64) -> bool {
+        self.stat(pid)
+            .is_some_and(|st| st.starttime_ticks == starttime_ticks && st.state != b'Z')
+    }
+}
+
 /// procwatch's own process figures, for the standard `process_*` metrics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct SelfUsage {

@@ -224,3 +224,27 @@ fn listen_address_is_not_changed_live_and_status_interval_is() {
         (pw.stdout().matches("procwatch status:").count() >= 2).then_some(())
     });
 }
+
+#[test]
+fn a_removed_program_takes_descendants_that_left_its_session_with_it() {
+    let m = marker("escaped");
+    let pw = Procwatch::start_marked(
+        &format!(
+            "processes:\n{}{}",
+            program("escapes", "[sh, -c, 'setsid sleep 605 & wait']"),
+            program("stays", "[sleep, '600']")
+        ),
+        &[],
+        &m,
+    );
+    util::wait_for(T, "the setsid child", || {
+        procs_with(&m).iter().any(|(_, c)| c == "sleep 605").then_some(())
+    });
+    pw.write_config(&format!("processes:\n{}", program("stays", "[sleep, '600']")));
+    pw.signal(libc::SIGHUP);
+    // Gone with its program, not only when procwatch itself stops.
+    util::wait_for(T, "the setsid child to be stopped with its program", || {
+        (!procs_with(&m).iter().any(|(_, c)| c == "sleep 605")).then_some(())
+    });
+    assert_eq!(pw.scrape().prog("procwatch_process_up", "stays"), Some(1.0));
+}

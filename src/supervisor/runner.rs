@@ -13,6 +13,7 @@ use super::backoff::Backoff;
 use super::os::{self, Entry, Os, OsEvent};
 use super::{Exit, ExitReason, Program, ProgramState, ProgramStatus};
 use crate::config::{ProgramConfig, RestartPolicy};
+use crate::procfs;
 
 /// How often a stop re-checks its process group besides on every reap: catches processes that
 /// left the group's session and are not procwatch's to reap.
@@ -188,12 +189,13 @@ impl Runner {
     /// Stop signal to the group, then SIGKILL after stop_timeout; returns once the group is
     /// empty. Records the main process's exit if it happens here (`main` is its PID until then).
     async fn stop_group(&mut self, pgid: i32, main: &mut Option<i32>) {
+        let targets = Targets::find(pgid, main.is_some());
         let signal = self.status.config.stop_signal;
-        os::signal_group(pgid, signal.0);
+        targets.signal(signal.0);
         // A stopped process cannot act on the stop signal until it is continued.
-        os::signal_group(pgid, libc::SIGCONT);
+        targets.signal(libc::SIGCONT);
         let timeout = self.status.config.stop_timeout;
-        if self.wait_group_empty(pgid, timeout, main).await {
+        if self.wait_gone(&targets, timeout, main).await {
             return;
         }
         warn!(
@@ -202,19 +204,16 @@ impl Runner {
             ?timeout,
             "still running after stop_timeout; sending SIGKILL"
         );
-        os::signal_group(pgid, libc::SIGKILL);
-        if !self.wait_group_empty(pgid, KILL_GRACE, main).await {
-            warn!(
-                program = self.name(),
-                pgid, "process group still not empty after SIGKILL"
-            );
+        targets.signal(libc::SIGKILL);
+        if !self.wait_gone(&targets, KILL_GRACE, main).await {
+            warn!(program = self.name(), pgid, "processes still running after SIGKILL");
         }
     }
 
-    async fn wait_group_empty(&mut self, pgid: i32, timeout: Duration, main: &mut Option<i32>) -> bool {
+    async fn wait_gone(&mut self, targets: &Targets, timeout: Duration, main: &mut Option<i32>) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            if main.is_none() && !os::group_alive(pgid) {
+            if main.is_none() && !targets.alive() {
                 return true;
             }
             tokio::select! {
@@ -228,9 +227,49 @@ impl Runner {
                     }
                 }
                 _ = tokio::time::sleep(GROUP_RECHECK) => {}
-                _ = tokio::time::sleep_until(deadline) => return main.is_none() && !os::group_alive(pgid),
+                _ = tokio::time::sleep_until(deadline) => return main.is_none() && !targets.alive(),
             }
         }
+    }
+}
+
+/// What a stop must take down: the run's process group, and the descendants that left it
+/// (setsid) while their parent was still in the program's tree.
+struct Targets {
+    pgid: i32,
+    /// (PID, start time): a PID alone could be reused by then.
+    escaped: Vec<(i32, u64)>,
+}
+
+impl Targets {
+    /// `main_alive`: the tree can only be walked from a main process that still runs.
+    fn find(pgid: i32, main_alive: bool) -> Targets {
+        let escaped = if main_alive {
+            procfs::Reader::default()
+                .escaped(pgid, pgid)
+                .into_iter()
+                .map(|st| (st.pid, st.starttime_ticks))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Targets { pgid, escaped }
+    }
+
+    fn signal(&self, signal: i32) {
+        os::signal_group(self.pgid, signal);
+        let mut reader = procfs::Reader::default();
+        for &(pid, start) in &self.escaped {
+            if reader.runs(pid, start) {
+                // SAFETY: plain syscall; the start time check makes it the same process.
+                unsafe { libc::kill(pid, signal) };
+            }
+        }
+    }
+
+    fn alive(&self) -> bool {
+        let mut reader = procfs::Reader::default();
+        os::group_alive(self.pgid) || self.escaped.iter().any(|&(pid, start)| reader.runs(pid, start))
     }
 }
 
