@@ -195,8 +195,9 @@ impl Running {
         let new = match new {
             Ok(c) => c,
             Err(err) => {
-                self.reload_status.record(false);
+                // The log first: whoever sees the gauge drop can find why.
                 error!(error = %err, "reload refused; everything goes on as it was");
+                self.reload_status.record(false);
                 return Err(err.to_string());
             }
         };
@@ -214,7 +215,6 @@ impl Running {
             *reporter = StatusTask::start(new.status_interval, collector, shutdown);
         }
         self.config = new;
-        self.reload_status.record(true);
         let summary = format!(
             "programs: started {:?}, stopped {:?}, restarted {:?}, unchanged {:?}; watches: started {:?}, stopped {:?}, restarted {:?}, unchanged {:?}",
             p.started, p.stopped, p.restarted, p.unchanged, w.started, w.stopped, w.restarted, w.unchanged
@@ -230,6 +230,7 @@ impl Running {
             watches_unchanged = w.unchanged.join(","),
             "config reloaded"
         );
+        self.reload_status.record(true);
         Ok(summary)
     }
 }

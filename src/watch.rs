@@ -44,7 +44,8 @@ const REMOVE: usize = 2;
 const RENAME: usize = 3;
 const OTHER: usize = 4;
 
-/// A watch's live counters; written from notify's thread, read at scrape time.
+/// A watch's live counters; written from its thread, read at scrape time. Errors are logged
+/// before they are counted, so that whoever sees a counter rise finds the log line.
 #[derive(Debug)]
 pub struct WatchStats {
     pub name: String,
@@ -310,8 +311,8 @@ async fn run_watch(config: WatchConfig, stats: Arc<WatchStats>, stop: Cancellati
                 warn!(watch = %config.name, path = %root.display(), "watched path went away; waiting for it to come back");
             }
             Err(err) => {
-                stats.errors.fetch_add(1, Ordering::Relaxed);
                 warn!(watch = %config.name, path = %root.display(), error = %err, "cannot watch{}", hint(&err));
+                stats.errors.fetch_add(1, Ordering::Relaxed);
                 if !wait_or_stop(&stop).await {
                     break;
                 }
@@ -432,8 +433,8 @@ impl Tree {
                 // Gone again already, or not a directory (a symlink): nothing to watch.
                 Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => continue,
                 Err(err) => {
-                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     warn!(watch = %self.stats.name, dir = %self.root.join(&dir).display(), error = %err, "cannot watch directory{}", hint(&err));
+                    self.stats.errors.fetch_add(1, Ordering::Relaxed);
                     if err.raw_os_error() == Some(libc::ENOSPC) {
                         // Out of watches: every other directory would fail the same way. One
                         // error and one line, not one per directory of a large tree.
@@ -546,8 +547,8 @@ impl Tree {
     /// Counts one event; true when the root itself is gone.
     fn on_event(&mut self, wd: WatchDescriptor, mask: EventMask, cookie: u32, name: Option<&OsStr>) -> bool {
         if mask.contains(EventMask::Q_OVERFLOW) {
-            self.stats.overflows.fetch_add(1, Ordering::Relaxed);
             warn!(watch = %self.stats.name, "kernel event queue overflowed: events were lost (raise fs.inotify.max_queued_events)");
+            self.stats.overflows.fetch_add(1, Ordering::Relaxed);
             // Directories made during the loss are not watched yet: look again.
             if self.recursive && self.root_wd.is_some() {
                 self.add_tree(Path::new(""), false);

@@ -111,11 +111,12 @@ fn sighup_applies_the_difference_by_name() {
     // The removed program is stopped, and nothing else of the old set runs.
     let procs: Vec<String> = procs_with(&m).into_iter().map(|(_, c)| c).collect();
     assert!(!procs.iter().any(|c| c == "sleep 602" || c == "sleep 601"), "{procs:?}");
-    let log = pw.stderr();
-    let line = log
-        .lines()
-        .find(|l| l.contains("config reloaded"))
-        .expect("a reload log line");
+    let line = util::wait_for(T, "the reload's log line", || {
+        pw.stderr()
+            .lines()
+            .find(|l| l.contains("config reloaded"))
+            .map(str::to_owned)
+    });
     for part in [
         "programs_started=added ",
         "programs_stopped=removed ",
