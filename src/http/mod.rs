@@ -164,13 +164,19 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
     let method = req.method();
     if path == state.config.telemetry_path {
         return match *method {
-            Method::GET | Method::HEAD => {
-                let body = scrape(state).await;
-                let mut resp = Response::new(Full::new(body));
-                resp.headers_mut()
-                    .insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
-                resp
-            }
+            Method::GET | Method::HEAD => match scrape(state).await {
+                Some(body) => {
+                    let mut resp = Response::new(Full::new(body));
+                    resp.headers_mut()
+                        .insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
+                    resp
+                }
+                // A failed pass is an error, never an empty page that looks like no programs.
+                None => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "gathering metrics failed; see the log\n",
+                ),
+            },
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"),
         };
     }
@@ -212,14 +218,14 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// Gathers and encodes, collapsing concurrent scrapes: whoever waited while a scrape that
-/// started after its arrival ran gets that scrape's output.
-async fn scrape(state: &State) -> Bytes {
+/// started after its arrival ran gets that scrape's output. `None` if the pass failed.
+async fn scrape(state: &State) -> Option<Bytes> {
     let arrived = Instant::now();
     let mut cache = state.scrape.lock().await;
     if let Some(started) = cache.started
         && started >= arrived
     {
-        return cache.body.clone();
+        return Some(cache.body.clone());
     }
     let started = Instant::now();
     let collector = Arc::clone(&state.collector);
@@ -230,11 +236,11 @@ async fn scrape(state: &State) -> Bytes {
         buf
     })
     .await
-    .unwrap_or_default();
+    .ok()?;
     cache.body = Bytes::copy_from_slice(buf.as_bytes());
     cache.buf = buf;
     cache.started = Some(started);
-    cache.body.clone()
+    Some(cache.body.clone())
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
