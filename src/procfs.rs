@@ -226,52 +226,53 @@ pub struct TreeWalk {
 }
 
 impl TreeWalk {
-    /// Whether `pid` was already summed in this pass.
+    /// Whether `pid` was already visited in this pass.
     pub fn seen(&self, pid: i32) -> bool {
         self.seen.contains(&pid)
     }
 }
 
 impl Reader {
-    /// Sums the tree under `root` (inclusive), given its already-read stat, skipping what
-    /// this pass has summed already.
-    pub fn tree_from(&mut self, root: Stat, usage: &mut TreeUsage, walk: &mut TreeWalk) {
-        let page = sys().page_size;
+    /// Visits `root` and each of its descendants once per pass (children found through
+    /// `task/TID/children`); a child that exited since it was listed is skipped.
+    fn walk_tree(&mut self, root: Stat, walk: &mut TreeWalk, mut visit: impl FnMut(&mut Reader, &Stat)) {
         if !walk.seen.insert(root.pid) {
             return;
         }
-        let fds = self.open_fds(root.pid).unwrap_or(0);
-        usage.add(&root, fds, page);
+        visit(self, &root);
         self.children(root.pid, root.num_threads, &mut walk.stack);
         while let Some(pid) = walk.stack.pop() {
             if walk.seen.contains(&pid) {
                 continue;
             }
-            // A child that exited since its parent listed it: no sample.
             let Some(st) = self.stat(pid) else { continue };
             walk.seen.insert(pid);
-            let fds = self.open_fds(pid).unwrap_or(0);
-            usage.add(&st, fds, page);
+            visit(self, &st);
             self.children(pid, st.num_threads, &mut walk.stack);
         }
     }
-}
 
-impl Reader {
+    /// Sums the tree under `root` (inclusive), given its already-read stat, skipping what
+    /// this pass has summed already.
+    pub fn tree_from(&mut self, root: Stat, usage: &mut TreeUsage, walk: &mut TreeWalk) {
+        let page = sys().page_size;
+        self.walk_tree(root, walk, |r, st| {
+            let fds = r.open_fds(st.pid).unwrap_or(0);
+            usage.add(st, fds, page);
+        });
+    }
+
     /// The processes in the tree under `root` whose session is not `session`: descendants that
     /// left the program's session (setsid) while their parent is still in its tree, and so are
     /// out of reach of a signal to the program's process group.
     pub fn escaped(&mut self, root: i32, session: i32) -> Vec<Stat> {
         let mut out = Vec::new();
-        let Some(st) = self.stat(root) else { return out };
-        let mut stack = Vec::new();
-        self.children(root, st.num_threads, &mut stack);
-        while let Some(pid) = stack.pop() {
-            let Some(st) = self.stat(pid) else { continue };
-            if st.session != session {
-                out.push(st);
-            }
-            self.children(pid, st.num_threads, &mut stack);
+        if let Some(st) = self.stat(root) {
+            self.walk_tree(st, &mut TreeWalk::default(), |_, st| {
+                if st.session != session {
+                    out.push(*st);
+                }
+            });
         }
         out
     }
