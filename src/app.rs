@@ -2,7 +2,6 @@
 //! status report; turns signals and `POST /-/reload` into shutdown and reloads.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,7 +113,7 @@ pub async fn run(
     ));
 
     if let Ok(addr) = listener.local_addr() {
-        info!(version = env!("CARGO_PKG_VERSION"), %addr, config = %config_name(&config.source), "procwatch starting");
+        info!(version = env!("CARGO_PKG_VERSION"), %addr, config = %config.source_name(), "procwatch starting");
     }
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
     let server = tokio::spawn(http::serve(
@@ -164,12 +163,6 @@ pub async fn run(
     let _ = reporter.task.await;
     info!("procwatch stopped");
     Ok(())
-}
-
-fn config_name(source: &Option<PathBuf>) -> String {
-    source
-        .as_ref()
-        .map_or_else(|| "<embedded demo>".to_owned(), |p| p.display().to_string())
 }
 
 struct Running {

@@ -139,6 +139,13 @@ impl Config {
         Ok(config)
     }
 
+    /// What to call this config in messages: its file, or the embedded demo.
+    pub fn source_name(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or_else(|| DEMO_NAME.to_owned(), |p| p.display().to_string())
+    }
+
     /// The embedded demo config.
     pub fn demo() -> Config {
         Config::parse(DEMO_CONFIG, DEMO_NAME).expect("the embedded demo config is valid")

@@ -85,12 +85,9 @@ fn load(cli: &Cli) -> Result<Config, procwatch::config::ConfigError> {
 }
 
 fn print_plan(config: &Config) {
-    let source = config
-        .source
-        .as_ref()
-        .map_or_else(|| "<embedded demo>".to_owned(), |p| p.display().to_string());
     println!(
-        "{source}: config OK: {} programs, {} watches",
+        "{}: config OK: {} programs, {} watches",
+        config.source_name(),
         config.processes.len(),
         config.watches.len()
     );
