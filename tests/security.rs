@@ -326,12 +326,10 @@ fn idle_connections_and_huge_headers_neither_starve_a_scrape_nor_grow_memory() {
     assert_eq!(pw.scrape().prog("procwatch_process_up", "a"), Some(1.0));
 }
 
-/// procwatch's own CPU time, in clock ticks.
+/// procwatch's own CPU time (user + system), in clock ticks.
 fn cpu_ticks(pid: i32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let rest = &text[text.rfind(')').unwrap() + 2..];
-    let f: Vec<u64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0)).collect();
-    f[11] + f[12]
+    let [user, system, ..] = util::cpu_ticks(pid).unwrap();
+    user + system
 }
 
 #[test]

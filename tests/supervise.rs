@@ -23,10 +23,7 @@ fn clk_tck() -> f64 {
 
 /// utime + stime (+ children's) of one PID, from /proc, in seconds.
 fn proc_cpu(pid: i32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
-    Some((f[11] + f[12] + f[13] + f[14]) / clk_tck())
+    Some(util::cpu_ticks(pid)?.iter().sum::<u64>() as f64 / clk_tck())
 }
 
 #[test]

@@ -280,6 +280,15 @@ pub fn config_dir(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
+/// utime, stime, cutime and cstime of a process, in clock ticks (proc(5) fields 14-17).
+pub fn cpu_ticks(pid: i32) -> Option<[u64; 4]> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields are counted from after the command name, which may hold spaces.
+    let mut f = text[text.rfind(')')? + 2..].split_whitespace().skip(11);
+    let mut next = || f.next()?.parse().ok();
+    Some([next()?, next()?, next()?, next()?])
+}
+
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: i32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
