@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::procfs::{self, SelfUsage, TreeUsage};
-use crate::supervisor::{Program, ProgramState, ProgramStatus, SupervisorView};
+use crate::supervisor::{ExitReason, Program, ProgramState, ProgramStatus, SupervisorView};
 use crate::watch::{WatchReport, WatchView};
 
 /// The Content-Type of the text exposition format.
@@ -293,11 +293,11 @@ impl Collector {
             "counter",
         );
         for r in progs {
-            for (slot, reason) in ["success", "failure", "signal"].into_iter().enumerate() {
+            for reason in ExitReason::ALL {
                 e.sample(
                     "procwatch_process_exits_total",
-                    &[("name", &r.program.name), ("reason", reason)],
-                    r.status.exits[slot] as f64,
+                    &[("name", &r.program.name), ("reason", reason.as_str())],
+                    r.status.exits[reason.index()] as f64,
                 );
             }
         }

@@ -111,10 +111,6 @@ impl WatchReport {
     pub fn events(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         KINDS.iter().copied().zip(self.events.iter().copied())
     }
-
-    pub fn total(&self) -> u64 {
-        self.events.iter().sum()
-    }
 }
 
 /// A read-only view for collectors.

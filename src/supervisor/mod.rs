@@ -41,6 +41,14 @@ pub enum ExitReason {
 }
 
 impl ExitReason {
+    /// Every reason, in the order of [`ProgramStatus::exits`].
+    pub const ALL: [ExitReason; 3] = [ExitReason::Success, ExitReason::Failure, ExitReason::Signal];
+
+    /// Where this reason is counted in [`ProgramStatus::exits`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ExitReason::Success => "success",
@@ -104,7 +112,7 @@ pub struct ProgramStatus {
     pub config: Arc<ProgramConfig>,
     pub state: ProgramState,
     pub restarts: u64,
-    /// Runs ended, by reason: success, failure, signal.
+    /// Runs ended, by reason, indexed by [`ExitReason::index`].
     pub exits: [u64; 3],
     pub last_exit: Option<Exit>,
 }

@@ -69,12 +69,7 @@ impl Runner {
     }
 
     fn record_exit(&mut self, exit: Exit) {
-        let slot = match exit.reason {
-            ExitReason::Success => 0,
-            ExitReason::Failure => 1,
-            ExitReason::Signal => 2,
-        };
-        self.status.exits[slot] += 1;
+        self.status.exits[exit.reason.index()] += 1;
         self.status.last_exit = Some(exit);
     }
 
