@@ -110,26 +110,17 @@ pub fn render(g: &Gathered) -> String {
     }
     if !g.watches.is_empty() {
         let w = g.watches.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
-        let _ = writeln!(
-            out,
-            "  {:<w$}  {:<5}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}  PATH",
-            "WATCH", "STATE", "CREATE", "MODIFY", "REMOVE", "RENAME", "OTHER", "OVERFLOWS"
-        );
+        let _ = write!(out, "  {:<w$}  {:<5}", "WATCH", "STATE");
+        for kind in crate::watch::KINDS {
+            let _ = write!(out, "  {:>8}", kind.to_ascii_uppercase());
+        }
+        let _ = writeln!(out, "  {:>9}  PATH", "OVERFLOWS");
         for r in &g.watches {
-            let e = r.events;
-            let _ = writeln!(
-                out,
-                "  {:<w$}  {:<5}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>9}  {}",
-                r.name,
-                if r.up { "up" } else { "down" },
-                e[0],
-                e[1],
-                e[2],
-                e[3],
-                e[4],
-                r.overflows,
-                r.path.display()
-            );
+            let _ = write!(out, "  {:<w$}  {:<5}", r.name, if r.up { "up" } else { "down" });
+            for (_, n) in r.events() {
+                let _ = write!(out, "  {n:>8}");
+            }
+            let _ = writeln!(out, "  {:>9}  {}", r.overflows, r.path.display());
         }
     }
     out
