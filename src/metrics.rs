@@ -1,22 +1,42 @@
 //! The Prometheus collector: gathers the published snapshots and /proc at scrape time, and
-//! encodes them in the text exposition format. Every metric name and help text lives here.
+//! encodes them through prometheus-client (a `Collector` writing with its `DescriptorEncoder`
+//! straight into the page), in the text format 0.0.4 or OpenMetrics 1.0 from the same code.
+//! Every metric name and help text lives here.
 //!
-//! Encoding writes straight into a reused `String` rather than through the `prometheus`
-//! crate's `MetricFamily` values: building and encoding those for 1000 programs costs 5.9 ms,
-//! twice procwatch's whole cost above the bare /proc reads (see the benchmark).
+//! # Adding a family
+//!
+//! 1. Gather its data in [`Collector::gather`] into [`ProgramReport`] (or [`Gathered`]), and
+//!    only when its group is on (`self.groups.on(Group::X)`): a group turned off costs nothing.
+//! 2. Write it in the section function of its group (`fn io`, `fn programs`, ...; a new group
+//!    gets a new function and a row in [`SECTIONS`] and a [`Group`] variant):
+//!    `out.per_program(NAME, HELP, Kind::Gauge, &g.programs, |r| r.x.map(Num::from))` for one
+//!    sample per program, or `let mut f = out.family(NAME, HELP, kind);` then
+//!    `f.sample(&[("name", r.name()), ("mode", "user")], v)?` per sample.
+//! 3. Names are written in full (`_total` on counters); a family that
+//!    gets no sample is left out of the page, so "no data on this host" is `None`, never 0.
+//! 4. DESIGN.md, the README, the dashboard, alert rules and tests/prometheus.rs follow.
 
 use std::collections::HashMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::{
+    CounterValueEncoder, DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, GaugeValueEncoder, MetricEncoder,
+    NoLabelSet,
+};
+use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::procfs::{self, SelfUsage, TreeUsage};
 use crate::supervisor::{ExitReason, Program, ProgramState, ProgramStatus, SupervisorView};
 use crate::watch::{WatchReport, WatchView};
 
 /// The Content-Type of the text exposition format.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
+/// The Content-Type of OpenMetrics 1.0 text.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The state of the last config (re)load; written by `app`, read at scrape time.
 #[derive(Debug, Default)]
@@ -54,6 +74,11 @@ pub struct ProgramReport {
 }
 
 impl ProgramReport {
+    /// The program's name: the `name` label.
+    pub fn name(&self) -> &str {
+        &self.program.name
+    }
+
     pub fn uptime(&self, now: SystemTime) -> Duration {
         self.status
             .state
@@ -79,6 +104,7 @@ pub struct Collector {
     /// Highest CPU reported per program: a counter must never go down, even when a process
     /// is between "left the live tree" and "reaped" during a scrape. Held only for the update.
     reported_cpu: Mutex<HashMap<String, (f64, f64)>>,
+    groups: Groups,
 }
 
 impl Collector {
@@ -88,7 +114,18 @@ impl Collector {
             watches,
             reload,
             reported_cpu: Mutex::new(HashMap::new()),
+            groups: Groups::all(),
         }
+    }
+
+    /// Turns optional groups of families off (`--no-collector.GROUP`).
+    pub fn with_groups(mut self, groups: Groups) -> Collector {
+        self.groups = groups;
+        self
+    }
+
+    pub fn groups(&self) -> Groups {
+        self.groups
     }
 
     /// Reads the snapshots and /proc. Blocking: call it off the async threads.
@@ -172,351 +209,646 @@ impl Collector {
         }
     }
 
-    /// Writes `g` in the text exposition format into `out` (cleared first).
-    pub fn encode(&self, g: &Gathered, out: &mut String) {
-        out.clear();
-        let mut e = Encoder { out };
-        let progs = &g.programs;
-        let usage = |r: &ProgramReport, f: fn(&TreeUsage) -> u64| r.usage.as_ref().map_or(0.0, |u| f(u) as f64);
+    /// Encodes `g` into `out` (cleared first) in `format`. The families are written at scrape
+    /// time by [`Exposition`], a prometheus-client `Collector`, straight into `out`.
+    pub fn encode(&self, g: Gathered, format: Format, out: &mut String) {
+        encode_page(g, self.groups, format, out);
+    }
+}
 
-        e.family(
-            "procwatch_process_up",
-            "1 while the program runs, 0 while it is down or backing off.",
-            "gauge",
-        );
-        for r in progs {
-            e.sample(
-                "procwatch_process_up",
-                &[("name", &r.program.name)],
-                bool_f(matches!(r.status.state, ProgramState::Running { .. })),
-            );
-        }
-        e.family(
-            "procwatch_process_cpu_seconds_total",
-            "CPU time of the program and all its descendants, over every run since procwatch started, including processes that have exited.",
-            "counter",
-        );
-        for r in progs {
-            e.sample(
-                "procwatch_process_cpu_seconds_total",
-                &[("name", &r.program.name), ("mode", "user")],
-                r.cpu_user_seconds,
-            );
-            e.sample(
-                "procwatch_process_cpu_seconds_total",
-                &[("name", &r.program.name), ("mode", "system")],
-                r.cpu_system_seconds,
-            );
-        }
-        let gauges: [TreeGauge; 5] = [
-            (
-                "procwatch_process_resident_memory_bytes",
-                "Resident memory summed over the live process tree.",
-                |u| u.rss_bytes,
-            ),
-            (
-                "procwatch_process_virtual_memory_bytes",
-                "Virtual memory summed over the live process tree.",
-                |u| u.vsize_bytes,
-            ),
-            ("procwatch_process_threads", "Threads in the live process tree.", |u| {
-                u.threads
-            }),
-            (
-                "procwatch_process_open_fds",
-                "Open file descriptors in the live process tree.",
-                |u| u.open_fds,
-            ),
-            (
-                "procwatch_process_tree_processes",
-                "Processes in the live tree: the program and its descendants.",
-                |u| u.processes,
-            ),
-        ];
-        for (name, help, f) in gauges {
-            e.family(name, help, "gauge");
-            for r in progs {
-                e.sample(name, &[("name", &r.program.name)], usage(r, f));
-            }
-        }
-        e.family(
-            "procwatch_process_pid",
-            "PID of the program's main process; absent while it is down.",
-            "gauge",
-        );
-        for r in progs {
-            if let Some((pid, _)) = r.status.state.run() {
-                e.sample("procwatch_process_pid", &[("name", &r.program.name)], f64::from(pid));
-            }
-        }
-        e.family(
-            "procwatch_process_start_time_seconds",
-            "Unix time the current run started; absent while down.",
-            "gauge",
-        );
-        for r in progs {
-            if let Some((_, since)) = r.status.state.run() {
-                e.sample(
-                    "procwatch_process_start_time_seconds",
-                    &[("name", &r.program.name)],
-                    unix_secs(since),
-                );
-            }
-        }
-        e.family(
-            "procwatch_process_uptime_seconds",
-            "Seconds since the current run started; 0 while down.",
-            "gauge",
-        );
-        for r in progs {
-            e.sample(
-                "procwatch_process_uptime_seconds",
-                &[("name", &r.program.name)],
-                r.uptime(g.at).as_secs_f64(),
-            );
-        }
-        e.family(
-            "procwatch_process_restarts_total",
-            "Restarts made by procwatch.",
-            "counter",
-        );
-        for r in progs {
-            e.sample(
-                "procwatch_process_restarts_total",
-                &[("name", &r.program.name)],
-                r.status.restarts as f64,
-            );
-        }
-        e.family(
-            "procwatch_process_exits_total",
-            "Runs that ended, by reason: success (exit 0), failure (non-zero exit or could not start), signal.",
-            "counter",
-        );
-        for r in progs {
-            for reason in ExitReason::ALL {
-                e.sample(
-                    "procwatch_process_exits_total",
-                    &[("name", &r.program.name), ("reason", reason.as_str())],
-                    r.status.exits[reason.index()] as f64,
-                );
-            }
-        }
-        e.family(
-            "procwatch_process_last_exit_code",
-            "Exit code of the last run (128+N for signal N); absent before the first exit.",
-            "gauge",
-        );
-        for r in progs {
-            if let Some(exit) = r.status.last_exit {
-                e.sample(
-                    "procwatch_process_last_exit_code",
-                    &[("name", &r.program.name)],
-                    f64::from(exit.code),
-                );
-            }
-        }
+/// An exposition format `/metrics` can answer in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The Prometheus text format 0.0.4.
+    Text,
+    /// OpenMetrics 1.0 text, ending in `# EOF`.
+    OpenMetrics,
+}
 
-        self.encode_watches(&mut e, &g.watches);
-
-        let (ok, at) = g.reload;
-        e.family(
-            "procwatch_config_last_reload_successful",
-            "1 if the last config (re)load succeeded.",
-            "gauge",
-        );
-        e.sample("procwatch_config_last_reload_successful", &[], bool_f(ok));
-        e.family(
-            "procwatch_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last successful config (re)load.",
-            "gauge",
-        );
-        e.sample("procwatch_config_last_reload_success_timestamp_seconds", &[], at);
-        e.family(
-            "procwatch_build_info",
-            "procwatch's version and git revision; always 1.",
-            "gauge",
-        );
-        e.sample(
-            "procwatch_build_info",
-            &[
-                ("version", env!("CARGO_PKG_VERSION")),
-                ("revision", env!("PROCWATCH_REVISION")),
-            ],
-            1.0,
-        );
-
-        if let Some(own) = &g.own {
-            let rows: [(&str, &str, &str, f64); 7] = [
-                (
-                    "process_cpu_seconds_total",
-                    "Total user and system CPU time spent in seconds.",
-                    "counter",
-                    own.cpu_seconds,
-                ),
-                (
-                    "process_resident_memory_bytes",
-                    "Resident memory size in bytes.",
-                    "gauge",
-                    own.rss_bytes as f64,
-                ),
-                (
-                    "process_virtual_memory_bytes",
-                    "Virtual memory size in bytes.",
-                    "gauge",
-                    own.vsize_bytes as f64,
-                ),
-                (
-                    "process_open_fds",
-                    "Number of open file descriptors.",
-                    "gauge",
-                    own.open_fds as f64,
-                ),
-                (
-                    "process_max_fds",
-                    "Maximum number of open file descriptors.",
-                    "gauge",
-                    own.max_fds as f64,
-                ),
-                (
-                    "process_threads",
-                    "Number of OS threads in the process.",
-                    "gauge",
-                    own.threads as f64,
-                ),
-                (
-                    "process_start_time_seconds",
-                    "Start time of the process since unix epoch in seconds.",
-                    "gauge",
-                    own.start_time_secs,
-                ),
-            ];
-            for (name, help, kind, v) in rows {
-                e.family(name, help, kind);
-                e.sample(name, &[], v);
+impl Format {
+    /// The format an `Accept` header asks for, as client_golang negotiates it: the acceptable
+    /// media range with the highest `q` (the first among equals); OpenMetrics for
+    /// `application/openmetrics-text` (version 1.0.0, 0.0.1 or none), text for anything else.
+    pub fn from_accept(accept: Option<&str>) -> Format {
+        let mut best = (0.0_f64, Format::Text);
+        for range in accept.unwrap_or("").split(',') {
+            let mut parts = range.split(';').map(str::trim);
+            let media = parts.next().unwrap_or("");
+            let (mut q, mut version) = (1.0, None);
+            for param in parts {
+                match param.split_once('=').map(|(k, v)| (k.trim(), v.trim())) {
+                    Some(("q", v)) => q = v.parse().unwrap_or(0.0),
+                    Some(("version", v)) => version = Some(v),
+                    _ => {}
+                }
+            }
+            let format = match (media.to_ascii_lowercase().as_str(), version) {
+                ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => Format::OpenMetrics,
+                _ => Format::Text,
+            };
+            if q > best.0 {
+                best = (q, format);
             }
         }
+        best.1
     }
 
-    fn encode_watches(&self, e: &mut Encoder<'_>, watches: &[WatchReport]) {
-        e.family(
-            "procwatch_file_events_total",
-            "File-system events seen, by kind; one rename is one event.",
-            "counter",
-        );
-        for w in watches {
-            for (kind, n) in w.events() {
-                e.sample(
-                    "procwatch_file_events_total",
-                    &[("watch", &w.name), ("kind", kind)],
-                    n as f64,
-                );
-            }
-        }
-        e.family("procwatch_file_watch_up", "1 while the watch is established.", "gauge");
-        for w in watches {
-            e.sample("procwatch_file_watch_up", &[("watch", &w.name)], bool_f(w.up));
-        }
-        e.family(
-            "procwatch_file_watch_overflows_total",
-            "Kernel event queue overflows: events were lost.",
-            "counter",
-        );
-        for w in watches {
-            e.sample(
-                "procwatch_file_watch_overflows_total",
-                &[("watch", &w.name)],
-                w.overflows as f64,
-            );
-        }
-        e.family(
-            "procwatch_file_watch_errors_total",
-            "Errors from the watcher.",
-            "counter",
-        );
-        for w in watches {
-            e.sample(
-                "procwatch_file_watch_errors_total",
-                &[("watch", &w.name)],
-                w.errors as f64,
-            );
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::Text => CONTENT_TYPE,
+            Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
         }
     }
 }
 
-/// A per-program gauge taken from the live tree: name, help, field.
-type TreeGauge = (&'static str, &'static str, fn(&TreeUsage) -> u64);
+/// The optional groups of metric families (`--no-collector.GROUP`). A group turned off is
+/// neither read at scrape time nor encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    Io,
+    Faults,
+    Ctxswitch,
+    Memory,
+    Cgroup,
+    Pressure,
+    Logs,
+    Probes,
+}
 
-fn bool_f(b: bool) -> f64 {
-    if b { 1.0 } else { 0.0 }
+impl Group {
+    pub const ALL: [Group; 8] = [
+        Group::Io,
+        Group::Faults,
+        Group::Ctxswitch,
+        Group::Memory,
+        Group::Cgroup,
+        Group::Pressure,
+        Group::Logs,
+        Group::Probes,
+    ];
+
+    /// The name in `--no-collector.NAME`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Group::Io => "io",
+            Group::Faults => "faults",
+            Group::Ctxswitch => "ctxswitch",
+            Group::Memory => "memory",
+            Group::Cgroup => "cgroup",
+            Group::Pressure => "pressure",
+            Group::Logs => "logs",
+            Group::Probes => "probes",
+        }
+    }
+}
+
+/// Which optional groups are on; all by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Groups(u16);
+
+impl Default for Groups {
+    fn default() -> Groups {
+        Groups::all()
+    }
+}
+
+impl Groups {
+    pub fn all() -> Groups {
+        Groups((1 << Group::ALL.len()) - 1)
+    }
+
+    pub fn without(self, group: Group) -> Groups {
+        Groups(self.0 & !(1 << group as u16))
+    }
+
+    pub fn on(self, group: Group) -> bool {
+        self.0 & (1 << group as u16) != 0
+    }
+}
+
+/// Encodes one scrape's page into `out` (cleared first).
+fn encode_page(g: Gathered, groups: Groups, format: Format, out: &mut String) {
+    out.clear();
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Exposition { g, groups }));
+    let written = match format {
+        Format::Text => prometheus_text::encode(out, &registry),
+        Format::OpenMetrics => openmetrics_text::encode(out, &registry),
+    };
+    // Writing into a String cannot fail, and no family returns an error of its own.
+    debug_assert!(written.is_ok(), "encoding into a String failed");
+}
+
+/// One scrape's data, written by prometheus-client's encoders at scrape time.
+struct Exposition {
+    g: Gathered,
+    groups: Groups,
+}
+
+impl std::fmt::Debug for Exposition {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exposition").finish_non_exhaustive()
+    }
+}
+
+/// Writes one part of the page: the families of one group, or of a core part.
+type Section = fn(&mut Out<'_, '_>, &Gathered) -> std::fmt::Result;
+
+/// The page, in order: `(group, section)`; a section whose group is off is skipped. See the
+/// top of this file for how to add a family.
+const SECTIONS: &[(Option<Group>, Section)] = &[
+    (None, programs),
+    (None, watches),
+    (None, config_and_build),
+    (None, own_process),
+];
+
+impl prometheus_client::collector::Collector for Exposition {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+        let mut out = Out { enc: &mut enc };
+        for (group, section) in SECTIONS {
+            if group.is_none_or(|g| self.groups.on(g)) {
+                section(&mut out, &self.g)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The core per-program families.
+fn programs(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    let progs = &g.programs;
+    out.per_program(
+        "procwatch_process_up",
+        "1 while the program runs, 0 while it is down or backing off.",
+        Kind::Gauge,
+        progs,
+        |r| Some(matches!(r.status.state, ProgramState::Running { .. }).into()),
+    )?;
+    let mut f = out.family(
+        "procwatch_process_cpu_seconds_total",
+        "CPU time of the program and all its descendants, over every run since procwatch started, including processes that have exited.",
+        Kind::Counter,
+    );
+    for r in progs {
+        f.sample(&[("name", r.name()), ("mode", "user")], r.cpu_user_seconds)?;
+        f.sample(&[("name", r.name()), ("mode", "system")], r.cpu_system_seconds)?;
+    }
+    let tree: [Row<TreeUsage>; 5] = [
+        (
+            "procwatch_process_resident_memory_bytes",
+            "Resident memory summed over the live process tree.",
+            Kind::Gauge,
+            |u| u.rss_bytes.into(),
+        ),
+        (
+            "procwatch_process_virtual_memory_bytes",
+            "Virtual memory summed over the live process tree.",
+            Kind::Gauge,
+            |u| u.vsize_bytes.into(),
+        ),
+        (
+            "procwatch_process_threads",
+            "Threads in the live process tree.",
+            Kind::Gauge,
+            |u| u.threads.into(),
+        ),
+        (
+            "procwatch_process_open_fds",
+            "Open file descriptors in the live process tree.",
+            Kind::Gauge,
+            |u| u.open_fds.into(),
+        ),
+        (
+            "procwatch_process_tree_processes",
+            "Processes in the live tree: the program and its descendants.",
+            Kind::Gauge,
+            |u| u.processes.into(),
+        ),
+    ];
+    // 0 while the program is down.
+    for (name, help, kind, field) in tree {
+        out.per_program(name, help, kind, progs, |r| {
+            Some(r.usage.as_ref().map_or(Num::U(0), field))
+        })?;
+    }
+    out.per_program(
+        "procwatch_process_pid",
+        "PID of the program's main process; absent while it is down.",
+        Kind::Gauge,
+        progs,
+        |r| r.status.state.run().map(|(pid, _)| pid.into()),
+    )?;
+    out.per_program(
+        "procwatch_process_start_time_seconds",
+        "Unix time the current run started; absent while down.",
+        Kind::Gauge,
+        progs,
+        |r| r.status.state.run().map(|(_, since)| unix_secs(since).into()),
+    )?;
+    out.per_program(
+        "procwatch_process_uptime_seconds",
+        "Seconds since the current run started; 0 while down.",
+        Kind::Gauge,
+        progs,
+        |r| Some(r.uptime(g.at).as_secs_f64().into()),
+    )?;
+    out.per_program(
+        "procwatch_process_restarts_total",
+        "Restarts made by procwatch.",
+        Kind::Counter,
+        progs,
+        |r| Some(r.status.restarts.into()),
+    )?;
+    let mut f = out.family(
+        "procwatch_process_exits_total",
+        "Runs that ended, by reason: success (exit 0), failure (non-zero exit or could not start), signal.",
+        Kind::Counter,
+    );
+    for r in progs {
+        for reason in ExitReason::ALL {
+            f.sample(
+                &[("name", r.name()), ("reason", reason.as_str())],
+                r.status.exits[reason.index()],
+            )?;
+        }
+    }
+    out.per_program(
+        "procwatch_process_last_exit_code",
+        "Exit code of the last run (128+N for signal N); absent before the first exit.",
+        Kind::Gauge,
+        progs,
+        |r| r.status.last_exit.map(|exit| exit.code.into()),
+    )
+}
+
+fn watches(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    let watches = &g.watches;
+    let mut f = out.family(
+        "procwatch_file_events_total",
+        "File-system events seen, by kind; one rename is one event.",
+        Kind::Counter,
+    );
+    for w in watches {
+        for (kind, n) in w.events() {
+            f.sample(&[("watch", &w.name), ("kind", kind)], n)?;
+        }
+    }
+    let per_watch: [Row<WatchReport>; 3] = [
+        (
+            "procwatch_file_watch_up",
+            "1 while the watch is established.",
+            Kind::Gauge,
+            |w| w.up.into(),
+        ),
+        (
+            "procwatch_file_watch_overflows_total",
+            "Kernel event queue overflows: events were lost.",
+            Kind::Counter,
+            |w| w.overflows.into(),
+        ),
+        (
+            "procwatch_file_watch_errors_total",
+            "Errors from the watcher.",
+            Kind::Counter,
+            |w| w.errors.into(),
+        ),
+    ];
+    for (name, help, kind, value) in per_watch {
+        let mut f = out.family(name, help, kind);
+        for w in watches {
+            f.sample(&[("watch", &w.name)], value(w))?;
+        }
+    }
+    Ok(())
+}
+
+fn config_and_build(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    let (ok, at) = g.reload;
+    out.family(
+        "procwatch_config_last_reload_successful",
+        "1 if the last config (re)load succeeded.",
+        Kind::Gauge,
+    )
+    .sample(&[], ok)?;
+    out.family(
+        "procwatch_config_last_reload_success_timestamp_seconds",
+        "Unix time of the last successful config (re)load.",
+        Kind::Gauge,
+    )
+    .sample(&[], at)?;
+    out.family(
+        "procwatch_build_info",
+        "procwatch's version and git revision; always 1.",
+        Kind::Gauge,
+    )
+    .sample(
+        &[
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", env!("PROCWATCH_REVISION")),
+        ],
+        1u64,
+    )
+}
+
+/// procwatch's own `process_*` families, as every Prometheus client library exports them.
+fn own_process(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    let Some(own) = &g.own else { return Ok(()) };
+    let rows: [(&'static str, &'static str, Kind, Num); 7] = [
+        (
+            "process_cpu_seconds_total",
+            "Total user and system CPU time spent in seconds.",
+            Kind::Counter,
+            own.cpu_seconds.into(),
+        ),
+        (
+            "process_resident_memory_bytes",
+            "Resident memory size in bytes.",
+            Kind::Gauge,
+            own.rss_bytes.into(),
+        ),
+        (
+            "process_virtual_memory_bytes",
+            "Virtual memory size in bytes.",
+            Kind::Gauge,
+            own.vsize_bytes.into(),
+        ),
+        (
+            "process_open_fds",
+            "Number of open file descriptors.",
+            Kind::Gauge,
+            own.open_fds.into(),
+        ),
+        (
+            "process_max_fds",
+            "Maximum number of open file descriptors.",
+            Kind::Gauge,
+            own.max_fds.into(),
+        ),
+        (
+            "process_threads",
+            "Number of OS threads in the process.",
+            Kind::Gauge,
+            own.threads.into(),
+        ),
+        (
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds.",
+            Kind::Gauge,
+            own.start_time_secs.into(),
+        ),
+    ];
+    for (name, help, kind, value) in rows {
+        out.family(name, help, kind).sample(&[], value)?;
+    }
+    Ok(())
 }
 
 pub fn unix_secs(t: SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
-struct Encoder<'a> {
-    out: &'a mut String,
+/// A family with one sample per item (program, watch): name, help, type, value.
+pub(crate) type Row<T> = (&'static str, &'static str, Kind, fn(&T) -> Num);
+
+/// The type of a family. Counter names end in `_total` as they appear on the page; the encoder
+/// is handed the name without it (it adds the suffix itself). `_info` families are gauges
+/// (always 1), in OpenMetrics too, as client_golang writes them: the contract types them so,
+/// and promtool reads them as such.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
 }
 
-impl Encoder<'_> {
-    fn family(&mut self, name: &str, help: &str, kind: &str) {
-        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+/// A sample value, written as an integer where it is one.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Num {
+    U(u64),
+    I(i64),
+    F(f64),
+}
+
+impl From<u64> for Num {
+    fn from(v: u64) -> Num {
+        Num::U(v)
+    }
+}
+
+impl From<i32> for Num {
+    fn from(v: i32) -> Num {
+        Num::I(v.into())
+    }
+}
+
+impl From<f64> for Num {
+    fn from(v: f64) -> Num {
+        Num::F(v)
+    }
+}
+
+impl From<bool> for Num {
+    fn from(v: bool) -> Num {
+        Num::U(v.into())
+    }
+}
+
+impl EncodeGaugeValue for Num {
+    fn encode(&self, e: &mut GaugeValueEncoder<'_>) -> std::fmt::Result {
+        match *self {
+            Num::U(v) => EncodeGaugeValue::encode(&v, e),
+            Num::I(v) => EncodeGaugeValue::encode(&v, e),
+            Num::F(v) => EncodeGaugeValue::encode(&v, e),
+        }
+    }
+}
+
+impl EncodeCounterValue for Num {
+    fn encode(&self, e: &mut CounterValueEncoder<'_>) -> std::fmt::Result {
+        match *self {
+            Num::U(v) => EncodeCounterValue::encode(&v, e),
+            Num::I(v) => EncodeCounterValue::encode(&v.max(0).unsigned_abs(), e),
+            Num::F(v) => EncodeCounterValue::encode(&v, e),
+        }
+    }
+}
+
+/// Where the sections write: prometheus-client's descriptor encoder for this scrape.
+pub(crate) struct Out<'e, 'a> {
+    enc: &'e mut DescriptorEncoder<'a>,
+}
+
+impl<'a> Out<'_, 'a> {
+    /// Starts a family; its `# HELP`/`# TYPE` lines are written with its first sample, so a
+    /// family that gets no sample is left out of the page.
+    pub(crate) fn family(&mut self, name: &'static str, help: &'static str, kind: Kind) -> Family<'_, 'a> {
+        debug_assert!(
+            kind != Kind::Counter || name.ends_with("_total"),
+            "counter {name} must end in _total"
+        );
+        Family {
+            name,
+            help,
+            kind,
+            enc: Some(&mut *self.enc),
+            metric: None,
+        }
     }
 
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                self.out.push_str(k);
-                self.out.push_str("=\"");
-                escape_label(self.out, v);
-                self.out.push('"');
+    /// A family with one sample per program, labelled `name`; `None` leaves the program out.
+    pub(crate) fn per_program(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        kind: Kind,
+        programs: &[ProgramReport],
+        value: impl Fn(&ProgramReport) -> Option<Num>,
+    ) -> std::fmt::Result {
+        let mut f = self.family(name, help, kind);
+        for r in programs {
+            if let Some(v) = value(r) {
+                f.sample(&[("name", r.name())], v)?;
             }
-            self.out.push('}');
         }
-        self.out.push(' ');
-        if value.fract() == 0.0 && value.abs() < 1e15 {
-            let _ = write!(self.out, "{}", value as i64);
-        } else if value.is_nan() {
-            self.out.push_str("NaN");
-        } else {
-            let _ = write!(self.out, "{value}");
-        }
-        self.out.push('\n');
+        Ok(())
     }
 }
 
-/// Label values escape `\`, `"` and newline (the text exposition format).
-fn escape_label(out: &mut String, v: &str) {
-    for c in v.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// One family being written; see [`Out::family`].
+pub(crate) struct Family<'f, 'a> {
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    /// Until the descriptor is written.
+    enc: Option<&'f mut DescriptorEncoder<'a>>,
+    metric: Option<MetricEncoder<'f>>,
+}
+
+impl Family<'_, '_> {
+    pub(crate) fn sample(&mut self, labels: &[(&str, &str)], value: impl Into<Num>) -> std::fmt::Result {
+        if self.metric.is_none() {
+            let enc = self.enc.take().expect("the descriptor is written once");
+            let (name, ty) = match self.kind {
+                Kind::Counter => (
+                    self.name.strip_suffix("_total").unwrap_or(self.name),
+                    MetricType::Counter,
+                ),
+                Kind::Gauge => (self.name, MetricType::Gauge),
+            };
+            self.metric = Some(enc.encode_descriptor(name, self.help, None, ty)?);
+        }
+        let metric = self.metric.as_mut().expect("written above");
+        match self.kind {
+            Kind::Counter => {
+                let v: Num = value.into();
+                metric
+                    .encode_family(&labels)?
+                    .encode_counter::<NoLabelSet, _, u64>(&v, None)
+            }
+            Kind::Gauge => metric.encode_family(&labels)?.encode_gauge(&value.into()),
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
+
+    fn page(format: Format, groups: Groups) -> String {
+        let g = Gathered {
+            programs: Vec::new(),
+            watches: vec![WatchReport {
+                name: "x\"y\\z\n".into(),
+                path: PathBuf::from("/tmp"),
+                up: true,
+                events: [1, 2, 3, 4, 5],
+                overflows: 0,
+                errors: 7,
+            }],
+            own: None,
+            reload: (true, 1.5),
+            at: SystemTime::now(),
+        };
+        let mut out = String::from("old page");
+        encode_page(g, groups, format, &mut out);
+        out
+    }
 
     #[test]
-    fn samples_are_formatted_and_escaped() {
-        let mut s = String::new();
-        let mut e = Encoder { out: &mut s };
-        e.family("m", "help", "gauge");
-        e.sample("m", &[("a", "x\"y\\z\n")], 3.0);
-        e.sample("m", &[], 0.25);
-        e.sample("m", &[("a", "b"), ("c", "d")], f64::NAN);
-        assert_eq!(
-            s,
-            "# HELP m help\n# TYPE m gauge\nm{a=\"x\\\"y\\\\z\\n\"} 3\nm 0.25\nm{a=\"b\",c=\"d\"} NaN\n"
+    fn text_format_names_values_and_escapes() {
+        let s = page(Format::Text, Groups::all());
+        assert!(!s.contains("old page"), "{s}");
+        assert!(
+            s.contains(
+                "# HELP procwatch_file_events_total File-system events seen, by kind; one rename is one event.\n\
+                 # TYPE procwatch_file_events_total counter\n\
+                 procwatch_file_events_total{watch=\"x\\\"y\\\\z\\n\",kind=\"create\"} 1\n"
+            ),
+            "{s}"
         );
+        assert!(
+            s.contains("procwatch_file_watch_up{watch=\"x\\\"y\\\\z\\n\"} 1\n"),
+            "{s}"
+        );
+        assert!(s.contains("procwatch_config_last_reload_successful 1\n"), "{s}");
+        assert!(
+            s.contains("procwatch_config_last_reload_success_timestamp_seconds 1.5\n"),
+            "{s}"
+        );
+        assert!(
+            s.contains("# TYPE procwatch_build_info gauge\nprocwatch_build_info{version=\""),
+            "{s}"
+        );
+        assert!(!s.contains("# EOF"), "{s}");
+        // Families with no sample are left out, descriptor and all.
+        assert!(!s.contains("procwatch_process_up"), "{s}");
+    }
+
+    #[test]
+    fn openmetrics_from_the_same_code() {
+        let s = page(Format::OpenMetrics, Groups::all());
+        assert!(s.ends_with("# EOF\n"), "{s}");
+        assert!(s.contains("# TYPE procwatch_file_events counter\n"), "{s}");
+        assert!(s.contains("procwatch_file_watch_errors_total{watch="), "{s}");
+        assert!(
+            s.contains("# TYPE procwatch_build_info gauge\nprocwatch_build_info{version=\""),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn accept_negotiation() {
+        use Format::*;
+        let prometheus3 = "application/openmetrics-text;version=1.0.0;escaping=allow-utf-8;q=0.6,\
+            application/openmetrics-text;version=0.0.1;q=0.5,text/plain;version=1.0.0;escaping=allow-utf-8;q=0.4,\
+            text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        let protobuf_first = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;\
+            encoding=delimited;q=0.7,text/plain;version=0.0.4;q=0.3,*/*;q=0.1";
+        for (accept, want) in [
+            (None, Text),
+            (Some(""), Text),
+            (Some("*/*"), Text),
+            (Some("text/plain"), Text),
+            (Some("application/openmetrics-text"), OpenMetrics),
+            (Some("Application/OpenMetrics-Text; version=1.0.0"), OpenMetrics),
+            (Some("application/openmetrics-text;version=2.0.0"), Text),
+            (Some("text/plain;q=0.5,application/openmetrics-text;q=0.9"), OpenMetrics),
+            (Some("application/openmetrics-text;q=0.2,text/plain;q=0.5"), Text),
+            (Some(prometheus3), OpenMetrics),
+            (Some(protobuf_first), Text),
+        ] {
+            assert_eq!(Format::from_accept(accept), want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn groups_turn_off_one_by_one() {
+        let mut groups = Groups::all();
+        for g in Group::ALL {
+            assert!(groups.on(g));
+            groups = groups.without(g);
+            assert!(!groups.on(g), "{}", g.as_str());
+        }
+        assert_eq!(groups, Groups(0));
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -55,9 +55,8 @@ struct State {
 
 #[derive(Default)]
 struct ScrapeCache {
-    /// When the last encode started, and its output.
-    started: Option<Instant>,
-    body: Bytes,
+    /// Per format (text, OpenMetrics): when the last encode started, and its output.
+    last: [Option<(Instant, Bytes)>; 2],
     /// Reused encode buffer.
     buf: String,
 }
@@ -164,19 +163,23 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
     let method = req.method();
     if path == state.config.telemetry_path {
         return match *method {
-            Method::GET | Method::HEAD => match scrape(state).await {
-                Some(body) => {
-                    let mut resp = Response::new(Full::new(body));
-                    resp.headers_mut()
-                        .insert(CONTENT_TYPE, HeaderValue::from_static(metrics::CONTENT_TYPE));
-                    resp
+            Method::GET | Method::HEAD => {
+                let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
+                let format = metrics::Format::from_accept(accept);
+                match scrape(state, format).await {
+                    Some(body) => {
+                        let mut resp = Response::new(Full::new(body));
+                        resp.headers_mut()
+                            .insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+                        resp
+                    }
+                    // A failed pass is an error, never an empty page that looks like no programs.
+                    None => text(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "gathering metrics failed; see the log\n",
+                    ),
                 }
-                // A failed pass is an error, never an empty page that looks like no programs.
-                None => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "gathering metrics failed; see the log\n",
-                ),
-            },
+            }
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"),
         };
     }
@@ -219,28 +222,29 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
 
 /// Gathers and encodes, collapsing concurrent scrapes: whoever waited while a scrape that
 /// started after its arrival ran gets that scrape's output. `None` if the pass failed.
-async fn scrape(state: &State) -> Option<Bytes> {
+async fn scrape(state: &State, format: metrics::Format) -> Option<Bytes> {
     let arrived = Instant::now();
+    let slot = format as usize;
     let mut cache = state.scrape.lock().await;
-    if let Some(started) = cache.started
-        && started >= arrived
+    if let Some((started, body)) = &cache.last[slot]
+        && *started >= arrived
     {
-        return Some(cache.body.clone());
+        return Some(body.clone());
     }
     let started = Instant::now();
     let collector = Arc::clone(&state.collector);
     let mut buf = std::mem::take(&mut cache.buf);
     let buf = tokio::task::spawn_blocking(move || {
         let g = collector.gather();
-        collector.encode(&g, &mut buf);
+        collector.encode(g, format, &mut buf);
         buf
     })
     .await
     .ok()?;
-    cache.body = Bytes::copy_from_slice(buf.as_bytes());
+    let body = Bytes::copy_from_slice(buf.as_bytes());
     cache.buf = buf;
-    cache.started = Some(started);
-    Some(cache.body.clone())
+    cache.last[slot] = Some((started, body.clone()));
+    Some(body)
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
