@@ -3,6 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -53,27 +54,42 @@ pub enum AppError {
 }
 
 impl AppError {
-    /// Config and start-up errors exit 1; anything else is unexpected.
+    /// Every error `run` returns happens at start-up, and the contract says a config or
+    /// start-up error exits 1 (other non-zero codes are for the unexpected, like a panic).
     pub fn exit_code(&self) -> u8 {
         match self {
-            AppError::Config(_) | AppError::ListenAddress { .. } | AppError::Bind { .. } => 1,
-            AppError::Supervisor(_) | AppError::Signals(_) => 2,
+            AppError::Config(_)
+            | AppError::ListenAddress { .. }
+            | AppError::Bind { .. }
+            | AppError::Supervisor(_)
+            | AppError::Signals(_) => 1,
         }
     }
 }
 
-/// `:9407` means every address, as in the Prometheus exporters.
-pub fn parse_listen_address(addr: &str) -> Result<SocketAddr, AppError> {
-    let full = if addr.starts_with(':') {
-        format!("0.0.0.0{addr}")
-    } else {
-        addr.to_owned()
+/// Where to listen: `:PORT` is every address, IPv4 and IPv6, as in the Prometheus exporters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddress {
+    Any(u16),
+    At(SocketAddr),
+}
+
+/// `:9407` means every address; anything else is `HOST:PORT` with a literal IP.
+pub fn parse_listen_address(addr: &str) -> Result<ListenAddress, AppError> {
+    let invalid = |message: String| AppError::ListenAddress {
+        addr: addr.to_owned(),
+        message,
     };
-    full.parse()
-        .map_err(|e: std::net::AddrParseError| AppError::ListenAddress {
-            addr: addr.to_owned(),
-            message: e.to_string(),
-        })
+    match addr.strip_prefix(':') {
+        Some(port) => port
+            .parse()
+            .map(ListenAddress::Any)
+            .map_err(|e| invalid(format!("port: {e}"))),
+        None => addr
+            .parse()
+            .map(ListenAddress::At)
+            .map_err(|e: std::net::AddrParseError| invalid(e.to_string())),
+    }
 }
 
 /// Binds the listener; nothing has been started yet if this fails.
@@ -83,11 +99,48 @@ pub async fn bind(options: &Options, config: &Config) -> Result<TcpListener, App
         .as_deref()
         .or(config.listen_address.as_deref())
         .unwrap_or(DEFAULT_LISTEN);
-    let sock = parse_listen_address(addr)?;
-    TcpListener::bind(sock).await.map_err(|source| AppError::Bind {
+    let bind_error = |source| AppError::Bind {
         addr: addr.to_owned(),
         source,
-    })
+    };
+    match parse_listen_address(addr)? {
+        ListenAddress::At(sock) => TcpListener::bind(sock).await.map_err(bind_error),
+        ListenAddress::Any(port) => match bind_dual_stack(port) {
+            Ok(listener) => Ok(listener),
+            // No IPv6 here (a kernel without it, `ipv6.disable=1`): IPv4 alone, as Go does.
+            Err(err) if matches!(err.raw_os_error(), Some(libc::EAFNOSUPPORT | libc::EADDRNOTAVAIL)) => {
+                info!(error = %err, "no IPv6 on this host; listening on IPv4 only");
+                TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, port))
+                    .await
+                    .map_err(bind_error)
+            }
+            Err(err) => Err(bind_error(err)),
+        },
+    }
+}
+
+/// One IPv6 socket on `[::]:port` with IPV6_V6ONLY off, so that IPv4 clients reach it too
+/// (as `::ffff:a.b.c.d`) whatever `net.ipv6.bindv6only` says: ipv6(7).
+fn bind_dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    use std::os::fd::AsRawFd;
+    let socket = tokio::net::TcpSocket::new_v6()?;
+    let off: libc::c_int = 0;
+    // SAFETY: setsockopt on a socket we own, with a pointer to a live c_int and its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            (&raw const off).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    socket.set_reuseaddr(true)?;
+    socket.bind(SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)))?;
+    socket.listen(1024)
 }
 
 /// Runs procwatch until `shutdown` is cancelled or SIGTERM/SIGINT arrives, then stops every
@@ -103,9 +156,15 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).map_err(AppError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(AppError::Signals)?;
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
+    let mut quit = signal(SignalKind::quit()).map_err(AppError::Signals)?;
+    log_other_signals(&shutdown)?;
     let mut supervisor = Supervisor::new(options.guardian)?;
     let mut watches = Watches::default();
     let reload_status = Arc::new(ReloadStatus::default());
+    // The config was loaded and validated before `run`: the gauge says so from the first
+    // scrape, while the programs are still starting.
+    reload_status.record(true);
+    let ready = Arc::new(AtomicBool::new(false));
     let collector = Arc::new(Collector::new(
         supervisor.view(),
         watches.view(),
@@ -122,6 +181,7 @@ pub async fn run(
             telemetry_path: options.telemetry_path.clone(),
             enable_lifecycle: options.enable_lifecycle,
             web: options.web_config.clone(),
+            ready: Arc::clone(&ready),
         },
         Arc::clone(&collector),
         reload_tx,
@@ -130,7 +190,7 @@ pub async fn run(
 
     supervisor.apply(&config.processes).await;
     watches.apply(&config.watches).await;
-    reload_status.record(true);
+    ready.store(true, Ordering::Release);
     let mut reporter = StatusTask::start(config.status_interval, &collector, &shutdown);
 
     let mut app = Running {
@@ -144,6 +204,7 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = term.recv() => { info!("SIGTERM: stopping"); break }
             _ = int.recv() => { info!("SIGINT: stopping"); break }
+            _ = quit.recv() => { info!("SIGQUIT: stopping"); break }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading config");
                 let _ = app.reload(&mut reporter, &collector, &shutdown).await;
@@ -162,6 +223,49 @@ pub async fn run(
     let _ = server.await;
     let _ = reporter.task.await;
     info!("procwatch stopped");
+    Ok(())
+}
+
+/// Every signal whose default action (signal(7): "Term" or "Core") would end procwatch without
+/// a clean stop, and that is not handled above, is logged and otherwise ignored: logrotate's
+/// SIGUSR1, a stray `kill -ALRM`, a CPU or file-size limit (SIGXCPU, SIGXFSZ: the write then
+/// fails with EFBIG instead), the real-time signals. SIGPIPE is ignored by the Rust runtime
+/// before `main` (a closed client shows as EPIPE). Left to their default: the faults
+/// (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGSYS, SIGABRT), which mean procwatch is broken, and
+/// SIGKILL/SIGSTOP, which cannot be caught; the guardian takes the programs down then.
+/// Handlers (unlike SIG_IGN) are reset at exec, so programs start with default dispositions.
+fn log_other_signals(shutdown: &CancellationToken) -> Result<(), AppError> {
+    let mut signals: Vec<(i32, String)> = [
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+        (libc::SIGALRM, "SIGALRM"),
+        (libc::SIGVTALRM, "SIGVTALRM"),
+        (libc::SIGPROF, "SIGPROF"),
+        (libc::SIGIO, "SIGIO"),
+        (libc::SIGXCPU, "SIGXCPU"),
+        (libc::SIGXFSZ, "SIGXFSZ"),
+        (libc::SIGTRAP, "SIGTRAP"),
+        (libc::SIGSTKFLT, "SIGSTKFLT"),
+        (libc::SIGPWR, "SIGPWR"),
+    ]
+    .into_iter()
+    .map(|(n, name)| (n, name.to_owned()))
+    .collect();
+    // libc's SIGRTMIN() skips the ones glibc keeps for itself.
+    let (rtmin, rtmax) = (libc::SIGRTMIN(), libc::SIGRTMAX());
+    signals.extend((rtmin..=rtmax).map(|n| (n, format!("SIGRTMIN+{}", n - rtmin))));
+    for (number, name) in signals {
+        let mut stream = signal(SignalKind::from_raw(number)).map_err(AppError::Signals)?;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    Some(()) = stream.recv() => warn!(signal = %name, "signal received and ignored (procwatch stops on SIGTERM, SIGINT or SIGQUIT and reloads on SIGHUP)"),
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        });
+    }
     Ok(())
 }
 

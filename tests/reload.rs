@@ -212,15 +212,28 @@ fn two_sighups_in_quick_succession_end_in_the_last_config() {
 
 #[test]
 fn listen_address_is_not_changed_live_and_status_interval_is() {
-    let pw = Procwatch::start("listen_address: 127.0.0.1:1\nstatus_interval: 0\nprocesses: []\n", &[]);
-    pw.write_config("listen_address: 127.0.0.1:2\nstatus_interval: 100ms\nprocesses: []\n");
+    // No --web.listen-address: the config's listen_address is what procwatch listens on.
+    let (old, new) = (util::free_port(), util::free_port());
+    let (dir, config) = util::config_dir(&format!(
+        "listen_address: 127.0.0.1:{old}\nstatus_interval: 0\nprocesses: []\n"
+    ));
+    let arg = config.to_str().unwrap().to_owned();
+    let pw = Procwatch::start_unflagged(dir, config, &["--config", &arg], &util::marker("listen-reload"));
+    assert_eq!(pw.addr, format!("127.0.0.1:{old}"));
+    pw.write_config(&format!(
+        "listen_address: 127.0.0.1:{new}\nstatus_interval: 100ms\nprocesses: []\n"
+    ));
     pw.signal(libc::SIGHUP);
     util::wait_for(T, "the reload", || {
         pw.stderr().contains("config reloaded").then_some(())
     });
     assert!(pw.stderr().contains("listen_address changed"), "{}", pw.stderr());
-    // Still served where it was (the flag wins anyway; the config's change waits for a restart).
+    // Still served where it was; the new address waits for a restart.
     assert_eq!(http(&pw.addr, "GET", "/-/healthy", "").unwrap().0, 200);
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", new)).is_err(),
+        "the new listen_address was bound on reload"
+    );
     util::wait_for(T, "status reports at the new interval", || {
         (pw.stdout().matches("procwatch status:").count() >= 2).then_some(())
     });

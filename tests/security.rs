@@ -370,3 +370,86 @@ fn a_flood_of_concurrent_scrapes_shares_the_proc_work() {
         "{together} ticks at once vs {one_by_one} one by one"
     );
 }
+
+fn basic(credentials: &str) -> String {
+    format!(
+        "Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+}
+
+/// One keep-alive HTTP/1.1 connection: requests one after another, each answer read by its
+/// Content-Length.
+struct KeepAlive(TcpStream);
+
+impl KeepAlive {
+    fn get(&mut self, path: &str, auth: &str) -> u16 {
+        let auth = base64::engine::general_purpose::STANDARD.encode(auth);
+        write!(
+            self.0,
+            "GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n\r\n"
+        )
+        .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8];
+        while !head.ends_with(b"\r\n\r\n") {
+            self.0.read_exact(&mut byte).expect("the connection stays open");
+            head.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a content-length");
+        let mut body = vec![0; len];
+        self.0.read_exact(&mut body).unwrap();
+        head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+}
+
+#[test]
+fn a_revoked_user_is_refused_on_an_open_keep_alive_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.yml");
+    let users = |names: &[&str]| -> String {
+        let mut text = String::from("basic_auth_users:\n");
+        for n in names {
+            text.push_str(&format!("  {n}: '{}'\n", hash("pw")));
+        }
+        text
+    };
+    std::fs::write(&web, users(&["alice", "bob"])).unwrap();
+    let pw = Procwatch::start("processes: []\n", &["--web.config.file", web.to_str().unwrap()]);
+    let mut conn = KeepAlive(TcpStream::connect(&pw.addr).unwrap());
+    conn.0.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    assert_eq!(conn.get("/-/healthy", "bob:pw"), 200);
+    assert_eq!(conn.get("/-/healthy", "bob:pw"), 200, "cached");
+    // Bob is removed while his connection is open.
+    std::fs::write(&web, users(&["alice"])).unwrap();
+    wait_for(T, "bob to be refused on a new connection", || {
+        let r = http(&pw.addr, "GET", "/-/healthy", &basic("bob:pw")).ok()?;
+        (r.0 == 401).then_some(())
+    });
+    assert_eq!(conn.get("/-/healthy", "bob:pw"), 401, "a revoked user was served");
+    assert_eq!(conn.get("/-/healthy", "alice:pw"), 200);
+}
+
+#[test]
+fn a_port_alone_listens_on_ipv4_and_ipv6() {
+    let port = util::free_port();
+    let listen = format!(":{port}");
+    let (dir, config) = util::config_dir("processes: []\n");
+    let arg = config.to_str().unwrap().to_owned();
+    let pw = Procwatch::start_in(
+        dir,
+        config,
+        &["--config", &arg, "--web.listen-address", &listen],
+        &util::marker("dual-stack"),
+    );
+    for addr in [format!("127.0.0.1:{port}"), format!("[::1]:{port}")] {
+        let r = http(&addr, "GET", "/-/healthy", "");
+        assert_eq!(r.as_ref().map(|r| r.0).ok(), Some(200), "{addr}: {r:?}");
+    }
+    drop(pw);
+}

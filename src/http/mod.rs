@@ -8,6 +8,7 @@ pub use web_config::{WebConfig, WebConfigSource};
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,6 +44,8 @@ pub struct HttpConfig {
     pub enable_lifecycle: bool,
     /// TLS and basic auth; `None` serves plain HTTP to everyone.
     pub web: Option<Arc<WebConfigSource>>,
+    /// Set once the first config has been applied: until then `/-/ready` answers 503.
+    pub ready: Arc<AtomicBool>,
 }
 
 struct State {
@@ -78,6 +81,9 @@ pub async fn serve(
         reload,
         scrape: tokio::sync::Mutex::new(ScrapeCache::default()),
     });
+    if let Some(web) = &state.config.web {
+        tokio::spawn(Arc::clone(web).watch(shutdown.clone()));
+    }
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -96,17 +102,19 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
-        let web = state.config.web.as_ref().map(|w| w.current());
+        // TLS is decided per connection (its handshake comes first); authentication and
+        // headers per request, from the web config in force then.
+        let tls = state.config.web.as_ref().and_then(|w| w.current().tls.clone());
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            match web.as_ref().and_then(|w| w.tls.clone()) {
-                None => serve_connection(stream, state, web, shutdown).await,
+            match tls {
+                None => serve_connection(stream, state, shutdown).await,
                 Some(tls) => {
                     let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
                     match tokio::time::timeout(HEADER_READ_TIMEOUT, accept).await {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, state, web, shutdown).await,
+                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, state, shutdown).await,
                         Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake failed"),
                         Err(_) => debug!(%peer, "TLS handshake timed out"),
                     }
@@ -117,14 +125,16 @@ pub async fn serve(
 }
 
 /// Serves HTTP/1.1 on one connection, plain or TLS, until it ends or shutdown.
-async fn serve_connection<IO>(io: IO, state: Arc<State>, web: Option<Arc<WebConfig>>, shutdown: CancellationToken)
+async fn serve_connection<IO>(io: IO, state: Arc<State>, shutdown: CancellationToken)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let state = Arc::clone(&state);
-        let web = web.clone();
-        async move { Ok::<_, Infallible>(respond(&state, web.as_deref(), req).await) }
+        async move {
+            let web = state.config.web.as_ref().map(|w| w.current());
+            Ok::<_, Infallible>(respond(&state, web.as_deref(), req).await)
+        }
     });
     let mut builder = http1::Builder::new();
     builder
@@ -192,7 +202,10 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
             }
         }
         ("/-/healthy", &Method::GET) => text(StatusCode::OK, "procwatch is healthy.\n"),
-        ("/-/ready", &Method::GET) => text(StatusCode::OK, "procwatch is ready.\n"),
+        ("/-/ready", &Method::GET) => match state.config.ready.load(Ordering::Acquire) {
+            true => text(StatusCode::OK, "procwatch is ready.\n"),
+            false => text(StatusCode::SERVICE_UNAVAILABLE, "procwatch is starting its programs.\n"),
+        },
         ("/-/reload", &Method::POST) => {
             if !state.config.enable_lifecycle {
                 return text(

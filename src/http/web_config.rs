@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::BuildHasher;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use base64::Engine;
@@ -17,6 +17,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::{Checker, ConfigError, parse_yaml, read_text};
@@ -291,6 +292,10 @@ fn stamps(files: &[PathBuf]) -> Vec<Stamp> {
         .collect()
 }
 
+/// How often the web config's files are checked for a change: a revoked user or a rotated
+/// certificate takes effect within this time.
+pub(crate) const RECHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// The web config in force, read again when its files change.
 pub struct WebConfigSource {
     path: PathBuf,
@@ -299,6 +304,7 @@ pub struct WebConfigSource {
 }
 
 impl WebConfigSource {
+    /// Reads and validates the file. Blocking: call it at start-up or off the async threads.
     pub fn load(path: &Path) -> Result<WebConfigSource, ConfigError> {
         let config = WebConfig::load(path)?;
         Ok(WebConfigSource {
@@ -308,41 +314,65 @@ impl WebConfigSource {
         })
     }
 
-    /// The config for a new connection. A few stat(2) calls; a reload only when a file changed.
-    /// A config that went bad is logged once per change, and the last good one stays.
+    /// The config in force: a pointer load, checked on every request.
     pub fn current(&self) -> Arc<WebConfig> {
+        self.current.load_full()
+    }
+
+    /// Reads the config again if one of its files changed (a few stat(2) calls otherwise).
+    /// A config that went bad is logged once per change, and the last good one stays.
+    /// Blocking (file reads, PEM parsing): [`WebConfigSource::watch`] runs it off the async
+    /// threads.
+    pub fn refresh(&self) {
         let current = self.current.load_full();
         let now = stamps(&current.files);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
         if *seen == now {
-            return current;
+            return;
         }
         *seen = now;
         match WebConfig::load(&self.path) {
             Ok(new) => {
                 info!(file = %self.path.display(), "web config changed; reloaded");
                 *seen = stamps(&new.files);
-                let new = Arc::new(new);
-                self.current.store(Arc::clone(&new));
-                new
+                self.current.store(Arc::new(new));
             }
             Err(err) => {
                 warn!(error = %err, "web config changed but is not valid; keeping the last good one");
-                current
             }
+        }
+    }
+
+    /// Calls [`WebConfigSource::refresh`] every [`RECHECK_EVERY`] on the blocking pool until
+    /// `shutdown`.
+    pub(crate) async fn watch(self: Arc<Self>, shutdown: CancellationToken) {
+        let mut every = tokio::time::interval(RECHECK_EVERY);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = every.tick() => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let source = Arc::clone(&self);
+            let _ = tokio::task::spawn_blocking(move || source.refresh()).await;
         }
     }
 }
 
 /// Checks basic auth. bcrypt is slow on purpose: it runs off the async threads, at most two
-/// at a time, and a successful check is remembered (as a keyed hash, not the password).
+/// at a time, and every result is remembered (as a keyed hash of user, stored hash and
+/// password, never the password), the failures as the successes: an attacker repeating a
+/// wrong password costs a hash lookup, and a correct scrape does not wait behind them. An
+/// unknown user is checked against a known user's hash (whose answer is then ignored), as
+/// exporter-toolkit does, so that the time taken does not tell which user names exist.
 pub struct Authenticator {
     hasher: std::hash::RandomState,
     good: Mutex<HashSet<u64>>,
+    bad: Mutex<HashSet<u64>>,
     bcrypt_slots: Semaphore,
 }
 
-/// Remembered successful checks before the cache starts over.
+/// Remembered checks of each kind before that cache starts over.
 const MAX_CACHED: usize = 1024;
 
 impl Default for Authenticator {
@@ -350,9 +380,22 @@ impl Default for Authenticator {
         Authenticator {
             hasher: std::hash::RandomState::new(),
             good: Mutex::new(HashSet::new()),
+            bad: Mutex::new(HashSet::new()),
             bcrypt_slots: Semaphore::new(2),
         }
     }
+}
+
+fn remember(set: &Mutex<HashSet<u64>>, key: u64) {
+    let mut set = set.lock().unwrap_or_else(|e| e.into_inner());
+    if set.len() >= MAX_CACHED {
+        set.clear();
+    }
+    set.insert(key);
+}
+
+fn remembered(set: &Mutex<HashSet<u64>>, key: u64) -> bool {
+    set.lock().unwrap_or_else(|e| e.into_inner()).contains(&key)
 }
 
 impl Authenticator {
@@ -363,27 +406,27 @@ impl Authenticator {
         let Some((user, password)) = authorization.and_then(parse_basic) else {
             return false;
         };
-        let Some(hash) = web.users.get(&user) else {
+        let known = web.users.get(&user);
+        // Unknown users pay for a real comparison too (needs_auth: there is a first user).
+        let Some(hash) = known.or_else(|| web.users.values().next()) else {
             return false;
         };
-        let key = self.hasher.hash_one((&user, hash, &password));
-        if self.good.lock().unwrap_or_else(|e| e.into_inner()).contains(&key) {
+        let key = self.hasher.hash_one((&user, known, &password));
+        if remembered(&self.good, key) {
             return true;
+        }
+        if remembered(&self.bad, key) {
+            return false;
         }
         let Ok(_slot) = self.bcrypt_slots.acquire().await else {
             return false;
         };
         let hash = hash.clone();
-        let ok = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
+        let matches = tokio::task::spawn_blocking(move || bcrypt::verify(password, &hash).unwrap_or(false))
             .await
             .unwrap_or(false);
-        if ok {
-            let mut good = self.good.lock().unwrap_or_else(|e| e.into_inner());
-            if good.len() >= MAX_CACHED {
-                good.clear();
-            }
-            good.insert(key);
-        }
+        let ok = matches && known.is_some();
+        remember(if ok { &self.good } else { &self.bad }, key);
         ok
     }
 }

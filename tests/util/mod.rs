@@ -165,6 +165,7 @@ impl Procwatch {
     }
 
     /// The most general start: `setup` may change the command (its stdout, its user...).
+    /// Listens on a free loopback port unless `args` name a `--web.listen-address`.
     pub fn start_with(
         dir: tempfile::TempDir,
         config: PathBuf,
@@ -172,11 +173,32 @@ impl Procwatch {
         marker: &str,
         setup: impl FnOnce(&mut Command),
     ) -> Procwatch {
+        let flagged = args.contains(&"--web.listen-address");
+        Self::launch(dir, config, args, marker, setup, !flagged)
+    }
+
+    /// Starts procwatch with exactly `args`, without adding `--web.listen-address`: where it
+    /// listens is the config's `listen_address` (or the default).
+    pub fn start_unflagged(dir: tempfile::TempDir, config: PathBuf, args: &[&str], marker: &str) -> Procwatch {
+        Self::launch(dir, config, args, marker, |_| {}, false)
+    }
+
+    fn launch(
+        dir: tempfile::TempDir,
+        config: PathBuf,
+        args: &[&str],
+        marker: &str,
+        setup: impl FnOnce(&mut Command),
+        free_port: bool,
+    ) -> Procwatch {
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
         let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .args(["--web.listen-address", "127.0.0.1:0", "--log.level", "debug"])
+        cmd.args(args);
+        if free_port {
+            cmd.args(["--web.listen-address", "127.0.0.1:0"]);
+        }
+        cmd.args(["--log.level", "debug"])
             .current_dir(dir.path())
             .env(MARKER_VAR, marker)
             .stdin(Stdio::null())
@@ -315,6 +337,14 @@ impl Drop for Procwatch {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A loopback port that was free a moment ago (for tests of the address procwatch chooses).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
 }
 
 /// Runs procwatch to completion with `args` (for config errors and --check-config).

@@ -1,0 +1,189 @@
+//! procwatch's own life: signals that must not end it, `/-/ready` and the reload gauge during
+//! start-up, and the exit code of a start-up error.
+
+mod util;
+
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use util::{Procwatch, http, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+/// Every signal whose default action would end procwatch (signal(7): Term or Core) and that
+/// is not a stop, a reload or a fault: each is logged, and procwatch and its program go on.
+#[test]
+fn signals_that_would_end_procwatch_are_logged_and_ignored() {
+    let marker = util::marker("signals");
+    let mut pw = Procwatch::start_marked(
+        "processes:\n  - name: sleeper\n    command: [sleep, '600']\n",
+        &[],
+        &marker,
+    );
+    let pid = |pw: &Procwatch| pw.scrape().prog("procwatch_process_pid", "sleeper");
+    let before = wait_for(T, "sleeper to run", || pid(&pw));
+    let rtmin = libc::SIGRTMIN();
+    let rtmax = libc::SIGRTMAX();
+    let named = [
+        (libc::SIGUSR1, "SIGUSR1".to_owned()),
+        (libc::SIGUSR2, "SIGUSR2".to_owned()),
+        (libc::SIGALRM, "SIGALRM".to_owned()),
+        (libc::SIGVTALRM, "SIGVTALRM".to_owned()),
+        (libc::SIGPROF, "SIGPROF".to_owned()),
+        (libc::SIGIO, "SIGIO".to_owned()),
+        (libc::SIGXCPU, "SIGXCPU".to_owned()),
+        (libc::SIGXFSZ, "SIGXFSZ".to_owned()),
+        (libc::SIGTRAP, "SIGTRAP".to_owned()),
+        (libc::SIGSTKFLT, "SIGSTKFLT".to_owned()),
+        (libc::SIGPWR, "SIGPWR".to_owned()),
+        (rtmin, "SIGRTMIN+0".to_owned()),
+        (rtmin + 5, "SIGRTMIN+5".to_owned()),
+        (rtmax, format!("SIGRTMIN+{}", rtmax - rtmin)),
+    ];
+    for (number, name) in &named {
+        pw.signal(*number);
+        let needle = format!("signal={name}");
+        wait_for(T, &format!("{name} to be logged"), || {
+            // The name whole: SIGRTMIN+1 is not SIGRTMIN+10.
+            let log = pw.stderr();
+            log.match_indices(&needle)
+                .any(|(at, _)| matches!(log[at + needle.len()..].chars().next(), Some(' ' | '\n')))
+                .then_some(())
+        });
+        assert!(pw.child.try_wait().unwrap().is_none(), "{name} ended procwatch");
+    }
+    // SIGPIPE is ignored (not logged: a log line about it could itself meet a closed pipe).
+    pw.signal(libc::SIGPIPE);
+    assert_eq!(http(&pw.addr, "GET", "/-/healthy", "").unwrap().0, 200);
+    assert!(pw.child.try_wait().unwrap().is_none(), "SIGPIPE ended procwatch");
+    assert_eq!(pid(&pw), Some(before), "the program was restarted or lost");
+    // Still stopping cleanly afterwards.
+    assert_eq!(pw.stop().code(), Some(0), "{}", pw.stderr());
+    assert!(util::pids_with(&marker).is_empty(), "a program outlived procwatch");
+}
+
+/// SIGQUIT (default: core dump) is a clean stop like SIGTERM: programs stopped, exit 0.
+#[test]
+fn sigquit_stops_cleanly() {
+    let marker = util::marker("sigquit");
+    let mut pw = Procwatch::start_marked(
+        "processes:\n  - name: sleeper\n    command: [sleep, '600']\n",
+        &[],
+        &marker,
+    );
+    wait_for(T, "sleeper to run", || {
+        pw.scrape().prog("procwatch_process_pid", "sleeper")
+    });
+    pw.signal(libc::SIGQUIT);
+    let status = pw.wait_exit(T);
+    assert_eq!(status.code(), Some(0), "{status:?}\n{}", pw.stderr());
+    assert!(pw.stderr().contains("SIGQUIT: stopping"), "{}", pw.stderr());
+    assert!(util::pids_with(&marker).is_empty(), "a program outlived procwatch");
+}
+
+/// While the first config is being applied (here: hundreds of programs starting),
+/// `/-/ready` answers 503, and the reload gauge already says the config was good.
+#[test]
+fn ready_waits_for_the_first_apply_and_the_gauge_never_reads_0() {
+    const N: usize = 400;
+    let mut yaml = String::from("status_interval: 0\nprocesses:\n");
+    for i in 0..N {
+        yaml.push_str(&format!("  - {{name: p{i}, command: [sleep, '600']}}\n"));
+    }
+    let (dir, config) = util::config_dir(&yaml);
+    let marker = util::marker("ready");
+    let log = dir.path().join("stderr.log");
+    let mut child = Command::new(util::BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ])
+        .env(util::MARKER_VAR, &marker)
+        .current_dir(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let addr = wait_for(T, "the address in the log", || {
+        util::logged_addr(&std::fs::read_to_string(&log).ok()?)
+    });
+    let (mut not_ready, mut ready) = (0, 0);
+    wait_for(Duration::from_secs(120), "/-/ready to answer 200", || {
+        let (status, _, _) = http(&addr, "GET", "/-/ready", "").ok()?;
+        let (_, _, body) = http(&addr, "GET", "/metrics", "").ok()?;
+        let scrape = util::Scrape::parse(body);
+        assert_eq!(
+            scrape.get("procwatch_config_last_reload_successful", &[]),
+            Some(1.0),
+            "the gauge read 0 during start-up"
+        );
+        let programs = scrape.text.matches("procwatch_process_up{").count();
+        match status {
+            503 => not_ready += 1,
+            200 => {
+                ready += 1;
+                // Ready means every program of the first config is there.
+                assert_eq!(programs, N, "ready before the first config was applied");
+            }
+            other => panic!("/-/ready answered {other}"),
+        }
+        (ready > 0).then_some(())
+    });
+    // SAFETY: plain syscall to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = wait_for(T, "procwatch to exit", || child.try_wait().ok().flatten());
+    assert_eq!(status.code(), Some(0));
+    assert!(not_ready > 0, "start-up was too quick to see /-/ready answer 503");
+    assert!(util::pids_with(&marker).is_empty(), "a program outlived procwatch");
+}
+
+/// A supervisor that cannot start (here: no thread can be created under RLIMIT_NPROC) is a
+/// start-up error: exit 1 with the reason, as the contract says.
+#[test]
+fn a_supervisor_start_up_error_exits_1() {
+    let (dir, config) = util::config_dir("processes: []\n");
+    // Readable by the unprivileged user procwatch runs as here.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // SAFETY: root has CAP_SYS_RESOURCE, so only an ordinary user feels RLIMIT_NPROC: a uid
+    // no other process uses, limited to the threads the runtime has before the supervisor.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: needs root to run procwatch as an unprivileged user");
+        return;
+    }
+    let mut cmd = Command::new(util::BIN);
+    cmd.args([
+        "--config",
+        config.to_str().unwrap(),
+        "--web.listen-address",
+        "127.0.0.1:0",
+    ])
+    .current_dir(dir.path())
+    .stdin(Stdio::null());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 3,
+                rlim_max: 3,
+            };
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setgid(48213) != 0
+                || libc::setuid(48213) != 0
+                || libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("start the supervisor threads"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+}
