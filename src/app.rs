@@ -67,29 +67,15 @@ impl AppError {
     }
 }
 
-/// Where to listen: `:PORT` is every address, IPv4 and IPv6, as in the Prometheus exporters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ListenAddress {
-    Any(u16),
-    At(SocketAddr),
-}
+pub use crate::config::ListenAddress;
 
-/// `:9407` means every address; anything else is `HOST:PORT` with a literal IP.
+/// `:9407` means every address; anything else is `HOST:PORT` with a literal IP. The same parser
+/// checks the config's `listen_address` (with its line and column).
 pub fn parse_listen_address(addr: &str) -> Result<ListenAddress, AppError> {
-    let invalid = |message: String| AppError::ListenAddress {
+    crate::config::parse_listen_address(addr).map_err(|message| AppError::ListenAddress {
         addr: addr.to_owned(),
         message,
-    };
-    match addr.strip_prefix(':') {
-        Some(port) => port
-            .parse()
-            .map(ListenAddress::Any)
-            .map_err(|e| invalid(format!("port: {e}"))),
-        None => addr
-            .parse()
-            .map(ListenAddress::At)
-            .map_err(|e: std::net::AddrParseError| invalid(e.to_string())),
-    }
+    })
 }
 
 /// Binds the listener; nothing has been started yet if this fails.
@@ -285,10 +271,19 @@ impl Running {
         collector: &Arc<Collector>,
         shutdown: &CancellationToken,
     ) -> Result<String, String> {
-        let new = match &self.config.source {
-            Some(path) => Config::load(path),
+        // Reading files may be slow (and includes and env files are many): off the workers.
+        let source = self.config.source.clone();
+        let new = tokio::task::spawn_blocking(move || match source {
+            Some(path) => Config::load(&path),
             None => Ok(Config::demo()),
-        };
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(ConfigError::Read {
+                file: self.config.source_name(),
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
         let new = match new {
             Ok(c) => c,
             Err(err) => {

@@ -1,15 +1,27 @@
-//! The YAML config: raw serde structs, then a validated [`Config`]; and the embedded demo config.
+//! The YAML config: raw serde structs, then a validated [`Config`]; its included files and env
+//! files; and the embedded demo config.
 //!
-//! Parsing and validation happen before anything starts. Every error names the file, the line,
-//! the column and the key, so that a typo never passes silently and never starts half a config.
+//! Parsing and validation happen before anything starts. Every error names the file (the
+//! included file or env file where it is there), the line, the column and the key, so that a
+//! typo never passes silently and never starts half a config. Files are read with
+//! [`read_bounded`]: regular files only, with a size bound, so that a FIFO, a device or
+//! `/dev/zero` named as a config can neither block nor exhaust memory.
+//!
+//! Layout, for whoever adds a key: the raw structs mirror the YAML (`RawConfig`, `RawProgram`,
+//! `RawWatch`), then [`validate`] checks the top level and calls [`program`] per process and
+//! [`watch`] per watch, each with the [`Source`] (file name and directory) it was written in.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+
+use crate::supervisor::identity::{self, Identity, Limit, LimitKind, LimitUnit, User};
 
 /// The config `cargo run` uses when no `--config` is given.
 pub const DEMO_CONFIG: &str = include_str!("demo.yaml");
@@ -17,8 +29,18 @@ pub const DEMO_CONFIG: &str = include_str!("demo.yaml");
 /// Name under which errors in the embedded demo config are reported.
 const DEMO_NAME: &str = "<embedded demo config>";
 
-/// A config file larger than this is refused before it is parsed.
-const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// A config file (or included file) larger than this is refused before it is parsed.
+pub const MAX_CONFIG_BYTES: u64 = 4 << 20;
+/// An env file larger than this is refused.
+pub const MAX_ENV_FILE_BYTES: u64 = 1 << 20;
+/// The text of all scalars of one file after YAML aliases are expanded: a small file cannot
+/// become a large config through aliases.
+pub const MAX_EXPANDED_BYTES: usize = 16 << 20;
+/// One argument or `KEY=VALUE` may be at most this long, NUL included (`MAX_ARG_STRLEN`,
+/// execve(2)).
+pub const MAX_ARG_STRLEN: usize = 32 * 4096;
+/// Copies of one program (`instances`).
+pub const MAX_INSTANCES: u32 = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -98,9 +120,17 @@ impl Signal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgramConfig {
     pub name: String,
+    /// `Some(i)` for copy `i` of a program with `instances:` (named `name-i`).
+    pub instance: Option<u32>,
     pub command: Vec<String>,
+    /// Absolute, or relative to procwatch's own directory only for the embedded demo.
     pub cwd: Option<PathBuf>,
+    /// Everything the program gets on top of procwatch's environment, final: the env files in
+    /// order, then `env`, then `HOME`/`USER`/`LOGNAME` of `user` where neither set them, then
+    /// `PROCWATCH_INSTANCE`.
     pub env: BTreeMap<String, String>,
+    /// User, groups, umask and limits, resolved (see [`Identity::apply_in_child`]).
+    pub identity: Identity,
     pub restart: RestartPolicy,
     pub backoff: BackoffConfig,
     pub stop_signal: Signal,
@@ -122,6 +152,8 @@ pub struct WatchConfig {
 pub struct Config {
     /// Where it was read from; `None` for the embedded demo.
     pub source: Option<PathBuf>,
+    /// The files `include` brought in, in the order they were read.
+    pub included: Vec<PathBuf>,
     pub listen_address: Option<String>,
     pub status_interval: Duration,
     pub shutdown_timeout: Duration,
@@ -130,11 +162,16 @@ pub struct Config {
 }
 
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`, the files it includes and the env files its
+    /// programs name. Reads files: call it off the async workers.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let file = path.display().to_string();
         let text = read_text(path)?;
-        let mut config = Config::parse(&text, &file)?;
+        // Relative paths in the config are relative to its directory: made absolute once
+        // here, they do not depend on procwatch's own directory afterwards.
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let dir = absolute.parent().unwrap_or(Path::new("/"));
+        let file = path.display().to_string();
+        let mut config = Config::parse_in(&text, &file, dir, Some(&absolute))?;
         config.source = Some(path.to_path_buf());
         Ok(config)
     }
@@ -151,19 +188,31 @@ impl Config {
         Config::parse(DEMO_CONFIG, DEMO_NAME).expect("the embedded demo config is valid")
     }
 
-    /// Parses and validates YAML text; `file` names it in errors.
+    /// Parses and validates YAML text; `file` names it in errors, and relative paths (of
+    /// `cwd`, `env_file`, `include`, watches) are relative to `file`'s directory.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        // An empty file is an empty config: nothing to run.
-        let raw = parse_yaml::<RawConfig>(text, file)?.unwrap_or(RawConfig {
-            listen_address: None,
-            status_interval: None,
-            shutdown_timeout: None,
-            processes: Vec::new(),
-            watches: Vec::new(),
-        });
-        validate(raw, file)
+        let dir = Path::new(file).parent().filter(|d| !d.as_os_str().is_empty());
+        Config::parse_in(text, file, dir.unwrap_or(Path::new(".")), None)
+    }
+
+    fn parse_in(text: &str, file: &str, dir: &Path, path: Option<&Path>) -> Result<Config, ConfigError> {
+        let src = Source { file, dir };
+        let raw = parse_yaml::<RawConfig>(text, file)?;
+        let raw = match raw {
+            Some(raw) if raw.processes.is_some() || raw.watches.is_some() || raw.include.is_some() => raw,
+            // An empty or truncated file must not stop every program: say what it lacks.
+            _ => {
+                return src
+                    .c()
+                    .err(&serde_saphyr::Location::UNKNOWN, "(document)", NOTHING_TO_RUN);
+            }
+        };
+        validate(raw, &src, path)
     }
 }
+
+const NOTHING_TO_RUN: &str = "no `processes:` or `watches:` in this file (is it empty or cut short?); \
+     write `processes: []` for a config that runs nothing";
 
 /// What applying a config does to what runs, by name, each list sorted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -219,10 +268,17 @@ struct RawConfig {
     listen_address: Option<Spanned<String>>,
     status_interval: Option<Spanned<Scalar>>,
     shutdown_timeout: Option<Spanned<Scalar>>,
-    #[serde(default)]
-    processes: Vec<Spanned<RawProgram>>,
-    #[serde(default)]
-    watches: Vec<Spanned<RawWatch>>,
+    include: Option<Vec<Spanned<String>>>,
+    processes: Option<Vec<Spanned<RawProgram>>>,
+    watches: Option<Vec<Spanned<RawWatch>>>,
+}
+
+/// An included file: programs and watches only.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawInclude {
+    processes: Option<Vec<Spanned<RawProgram>>>,
+    watches: Option<Vec<Spanned<RawWatch>>>,
 }
 
 #[derive(Deserialize)]
@@ -230,9 +286,17 @@ struct RawConfig {
 struct RawProgram {
     name: Spanned<String>,
     command: Spanned<Vec<String>>,
-    cwd: Option<PathBuf>,
+    cwd: Option<Spanned<PathBuf>>,
     #[serde(default)]
-    env: BTreeMap<String, Scalar>,
+    env: BTreeMap<String, Spanned<Scalar>>,
+    #[serde(default)]
+    env_file: Vec<Spanned<String>>,
+    user: Option<Spanned<Scalar>>,
+    group: Option<Spanned<Scalar>>,
+    umask: Option<Spanned<Scalar>>,
+    #[serde(default)]
+    limits: BTreeMap<String, Spanned<RawLimit>>,
+    instances: Option<Spanned<Scalar>>,
     restart: Option<Spanned<String>>,
     backoff: Option<RawBackoff>,
     stop_signal: Option<Spanned<String>>,
@@ -258,51 +322,117 @@ struct RawWatch {
     exclude: Vec<Spanned<String>>,
 }
 
-/// Any YAML scalar, kept as its text: `10s`, `0` and `"1"` are all fine where text is wanted.
+/// Any YAML scalar, kept exactly as written: `3.10` stays `3.10`, `1e3` stays `1e3`, `0027`
+/// stays `0027` (a float or an integer would not).
 struct Scalar(String);
 
 impl<'de> Deserialize<'de> for Scalar {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Scalar)
+    }
+}
+
+/// A limit: `65536`, `unlimited`, `64MiB`, or `{soft: 1024, hard: 4096}`.
+enum RawLimit {
+    Both(String),
+    Split { soft: String, hard: String },
+}
+
+impl<'de> Deserialize<'de> for RawLimit {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct V;
-        impl serde::de::Visitor<'_> for V {
-            type Value = Scalar;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawLimit;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a scalar")
+                f.write_str("a limit (a number, `unlimited`, or {soft: N, hard: N})")
             }
-            fn visit_str<E>(self, v: &str) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_owned()))
+            fn visit_str<E>(self, v: &str) -> Result<RawLimit, E> {
+                Ok(RawLimit::Both(v.to_owned()))
             }
-            fn visit_u64<E>(self, v: u64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
+            fn visit_u64<E>(self, v: u64) -> Result<RawLimit, E> {
+                Ok(RawLimit::Both(v.to_string()))
             }
-            fn visit_i64<E>(self, v: i64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
+            fn visit_i64<E>(self, v: i64) -> Result<RawLimit, E> {
+                Ok(RawLimit::Both(v.to_string()))
             }
-            fn visit_f64<E>(self, v: f64) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
-            }
-            fn visit_bool<E>(self, v: bool) -> Result<Scalar, E> {
-                Ok(Scalar(v.to_string()))
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawLimit, A::Error> {
+                use serde::de::Error;
+                let (mut soft, mut hard) = (None, None);
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value::<Scalar>()?.0;
+                    match key.as_str() {
+                        "soft" => soft = Some(value),
+                        "hard" => hard = Some(value),
+                        other => return Err(A::Error::unknown_field(other, &["soft", "hard"])),
+                    }
+                }
+                match (soft, hard) {
+                    (Some(soft), Some(hard)) => Ok(RawLimit::Split { soft, hard }),
+                    (None, _) => Err(A::Error::missing_field("soft")),
+                    (_, None) => Err(A::Error::missing_field("hard")),
+                }
             }
         }
         d.deserialize_any(V)
     }
 }
 
-/// Reads a YAML file as text: at most `MAX_CONFIG_BYTES`, and UTF-8.
+// ---- reading files ----
+
+/// Reads at most `max` bytes of a regular file. Anything else (a FIFO, a device such as
+/// `/dev/zero`, a directory, a socket) is refused before it is read, so that reading a config
+/// can neither block nor grow without bound.
+pub fn read_bounded(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let refuse = |what: &str| {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("not a regular file ({what})"),
+        ))
+    };
+    let check = |meta: &std::fs::Metadata| {
+        let t = meta.file_type();
+        match () {
+            _ if t.is_file() => Ok(()),
+            _ if t.is_dir() => refuse("a directory"),
+            _ if t.is_fifo() => refuse("a FIFO"),
+            _ if t.is_char_device() || t.is_block_device() => refuse("a device"),
+            _ if t.is_socket() => refuse("a socket"),
+            _ => refuse("unknown type"),
+        }
+    };
+    // Checked before opening, so that opening has no side effects (a tape, a terminal)...
+    check(&std::fs::metadata(path)?)?;
+    // ...and again on what was opened (the path may have been replaced in between). O_NONBLOCK:
+    // should it be a FIFO after all, open(2) does not wait for a writer.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    check(&meta)?;
+    if meta.len() > max {
+        return Err(std::io::Error::other(format!(
+            "file is {} bytes; at most {max} are read",
+            meta.len()
+        )));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The size may have grown since fstat: read one byte more than allowed to notice.
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(std::io::Error::other(format!("file is larger than {max} bytes")));
+    }
+    Ok(bytes)
+}
+
+/// Reads a YAML file as text: a regular file, at most `MAX_CONFIG_BYTES`, and UTF-8.
 pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
     let read_err = |source| ConfigError::Read {
         file: path.display().to_string(),
         source,
     };
-    let meta = std::fs::metadata(path).map_err(read_err)?;
-    if meta.len() > MAX_CONFIG_BYTES {
-        return Err(read_err(std::io::Error::other(format!(
-            "file is {} bytes; a config may be at most {MAX_CONFIG_BYTES}",
-            meta.len()
-        ))));
-    }
-    let bytes = std::fs::read(path).map_err(read_err)?;
+    let bytes = read_bounded(path, MAX_CONFIG_BYTES).map_err(read_err)?;
     String::from_utf8(bytes).map_err(|e| {
         read_err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -314,20 +444,29 @@ pub(crate) fn read_text(path: &Path) -> Result<String, ConfigError> {
     })
 }
 
-/// Deserializes YAML into `T`, bounding nesting, with errors that name the file, line,
-/// column and key path. `None` for an empty document.
+/// Deserializes YAML into `T`, bounding nesting and what aliases expand to, with errors that
+/// name the file, line, column and key path. `None` for an empty document.
 pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str) -> Result<Option<T>, ConfigError> {
-    let options = serde_saphyr::options! {
-        budget: serde_saphyr::budget! {
-            max_depth: 32,
-        },
+    let options = || {
+        serde_saphyr::options! {
+            budget: serde_saphyr::budget! {
+                max_depth: 32,
+            },
+        }
     };
     let mut key = String::new();
-    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options, |de| {
-        serde_path_to_error::deserialize::<_, Option<T>>(de).map_err(|e| {
-            // `Spanned` fields show up as `.value` in the path; users never wrote that.
-            key = e.path().to_string().replace(".value", "");
-            e.into_inner()
+    // First a walk that only measures, over borrowed text: an alias repeated a million times
+    // costs no memory there, and is refused before anything is built from it.
+    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+        serde::de::DeserializeSeed::deserialize(Measure(&mut 0), de)
+    })
+    .and_then(|()| {
+        serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+            serde_path_to_error::deserialize::<_, Option<T>>(de).map_err(|e| {
+                // `Spanned` fields show up as `.value` in the path; users never wrote that.
+                key = e.path().to_string().replace(".value", "");
+                e.into_inner()
+            })
         })
     });
     result.map_err(|err| {
@@ -347,6 +486,76 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str)
             message,
         }
     })
+}
+
+/// Walks any YAML value and adds up the bytes of its scalars, aliases expanded; fails past
+/// [`MAX_EXPANDED_BYTES`].
+struct Measure<'a>(&'a mut usize);
+
+impl Measure<'_> {
+    fn add<E: serde::de::Error>(&mut self, n: usize) -> Result<(), E> {
+        *self.0 = self.0.saturating_add(n);
+        if *self.0 > MAX_EXPANDED_BYTES {
+            return Err(E::custom(format!(
+                "the config expands to more than {MAX_EXPANDED_BYTES} bytes of text (YAML aliases?)"
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for Measure<'_> {
+    type Value = ();
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Measure<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML value")
+    }
+    fn visit_bool<E: serde::de::Error>(mut self, _: bool) -> Result<(), E> {
+        self.add(8)
+    }
+    fn visit_i64<E: serde::de::Error>(mut self, _: i64) -> Result<(), E> {
+        self.add(8)
+    }
+    fn visit_u64<E: serde::de::Error>(mut self, _: u64) -> Result<(), E> {
+        self.add(8)
+    }
+    fn visit_f64<E: serde::de::Error>(mut self, _: f64) -> Result<(), E> {
+        self.add(8)
+    }
+    fn visit_str<E: serde::de::Error>(mut self, v: &str) -> Result<(), E> {
+        self.add(v.len().max(8))
+    }
+    fn visit_bytes<E: serde::de::Error>(mut self, v: &[u8]) -> Result<(), E> {
+        self.add(v.len().max(8))
+    }
+    fn visit_none<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.add(8)
+    }
+    fn visit_unit<E: serde::de::Error>(mut self) -> Result<(), E> {
+        self.add(8)
+    }
+    fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(mut self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element_seed(Measure(self.0))?.is_some() {
+            self.add(8)?;
+        }
+        Ok(())
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(mut self, mut map: A) -> Result<(), A::Error> {
+        while map.next_key_seed(Measure(self.0))?.is_some() {
+            map.next_value_seed(Measure(self.0))?;
+            self.add(8)?;
+        }
+        Ok(())
+    }
 }
 
 fn strip_location_suffix(message: &str) -> &str {
@@ -370,10 +579,15 @@ impl Checker<'_> {
         key: &str,
         message: impl Into<String>,
     ) -> Result<T, ConfigError> {
+        let (line, column) = if *at == serde_saphyr::Location::UNKNOWN {
+            (1, 1)
+        } else {
+            (at.line(), at.column())
+        };
         Err(ConfigError::Invalid {
             file: self.file.to_owned(),
-            line: at.line(),
-            column: at.column(),
+            line,
+            column,
             key: key.to_owned(),
             message: message.into(),
         })
@@ -393,7 +607,13 @@ impl Checker<'_> {
         }
     }
 
-    fn name(&self, name: &Spanned<String>, key: &str, seen: &mut HashSet<String>) -> Result<String, ConfigError> {
+    /// A valid name not used before; `seen` maps each name to the file that defined it.
+    fn name(
+        &self,
+        name: &Spanned<String>,
+        key: &str,
+        seen: &mut HashMap<String, String>,
+    ) -> Result<String, ConfigError> {
         let n = &name.value;
         if !valid_name(n) {
             return self.err(
@@ -402,131 +622,783 @@ impl Checker<'_> {
                 format!("invalid name {n:?}: use letters, digits, '_' and '-', not starting with a digit or '-'"),
             );
         }
-        if !seen.insert(n.clone()) {
-            return self.err(&name.referenced, key, format!("duplicate name {n:?}"));
-        }
+        self.unique(n, &name.referenced, key, seen)?;
         Ok(n.clone())
+    }
+
+    fn unique(
+        &self,
+        n: &str,
+        at: &serde_saphyr::Location,
+        key: &str,
+        seen: &mut HashMap<String, String>,
+    ) -> Result<(), ConfigError> {
+        if let Some(first) = seen.get(n) {
+            let also = if first == self.file {
+                String::new()
+            } else {
+                format!(" (first defined in {first})")
+            };
+            return self.err(at, key, format!("duplicate name {n:?}{also}"));
+        }
+        seen.insert(n.to_owned(), self.file.to_owned());
+        Ok(())
     }
 }
 
-fn validate(raw: RawConfig, file: &str) -> Result<Config, ConfigError> {
-    let c = Checker { file };
+/// The file a part of the config was written in: its name for errors, its directory for
+/// relative paths.
+pub(crate) struct Source<'a> {
+    pub(crate) file: &'a str,
+    pub(crate) dir: &'a Path,
+}
+
+impl Source<'_> {
+    pub(crate) fn c(&self) -> Checker<'_> {
+        Checker { file: self.file }
+    }
+
+    /// `p` if absolute, else `p` relative to the config file's directory.
+    pub(crate) fn path(&self, p: &Path) -> PathBuf {
+        let joined: PathBuf = self
+            .dir
+            .join(p)
+            .components()
+            .filter(|c| *c != Component::CurDir)
+            .collect();
+        if joined.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            joined
+        }
+    }
+}
+
+/// Names are unique across the main file and every included file.
+#[derive(Default)]
+struct Names {
+    programs: HashMap<String, String>,
+    watches: HashMap<String, String>,
+}
+
+fn validate(raw: RawConfig, src: &Source, path: Option<&Path>) -> Result<Config, ConfigError> {
+    let c = src.c();
     let status_interval = c.duration(&raw.status_interval, "status_interval", Duration::from_secs(10))?;
     let shutdown_timeout = c.duration(&raw.shutdown_timeout, "shutdown_timeout", Duration::from_secs(15))?;
     if let Some(addr) = &raw.listen_address
-        && addr.value.trim().is_empty()
+        && let Err(message) = parse_listen_address(&addr.value)
     {
-        return c.err(&addr.referenced, "listen_address", "must not be empty");
+        return c.err(&addr.referenced, "listen_address", message);
     }
-
-    let mut names = HashSet::new();
-    let mut processes = Vec::with_capacity(raw.processes.len());
-    for (i, p) in raw.processes.iter().enumerate() {
-        let at = |k: &str| format!("processes[{i}].{k}");
-        let p_val = &p.value;
-        let name = c.name(&p_val.name, &at("name"), &mut names)?;
-        if p_val.command.value.is_empty() || p_val.command.value[0].is_empty() {
-            return c.err(
-                &p_val.command.referenced,
-                &at("command"),
-                "must be a non-empty list: [program, args...]",
-            );
-        }
-        let restart = match p_val.restart.as_ref() {
-            None => RestartPolicy::OnFailure,
-            Some(r) => match r.value.as_str() {
-                "always" => RestartPolicy::Always,
-                "on-failure" => RestartPolicy::OnFailure,
-                "never" => RestartPolicy::Never,
-                other => {
-                    return c.err(
-                        &r.referenced,
-                        &at("restart"),
-                        format!("unknown restart policy {other:?} (expected always, on-failure or never)"),
-                    );
-                }
-            },
-        };
-        let (initial, max) = match &p_val.backoff {
-            None => (None, None),
-            Some(b) => (b.initial.as_ref(), b.max.as_ref()),
-        };
-        let backoff = BackoffConfig {
-            initial: c.duration(
-                &initial.map(clone_scalar),
-                &at("backoff.initial"),
-                Duration::from_secs(1),
-            )?,
-            max: c.duration(&max.map(clone_scalar), &at("backoff.max"), Duration::from_secs(60))?,
-        };
-        if backoff.max < backoff.initial {
-            let loc = max.map_or(p.referenced, |m| m.referenced);
-            return c.err(&loc, &at("backoff.max"), "must not be less than backoff.initial");
-        }
-        let stop_signal = match &p_val.stop_signal {
-            None => Signal(libc::SIGTERM),
-            Some(s) => match Signal::parse(&s.value) {
-                Some(sig) => sig,
-                None => {
-                    let known: Vec<&str> = SIGNALS.iter().map(|(n, _)| *n).collect();
-                    return c.err(
-                        &s.referenced,
-                        &at("stop_signal"),
-                        format!("unknown signal {:?} (expected one of {})", s.value, known.join(", ")),
-                    );
-                }
-            },
-        };
-        let stop_timeout = c.duration(&p_val.stop_timeout, &at("stop_timeout"), Duration::from_secs(10))?;
-        processes.push(ProgramConfig {
-            name,
-            command: p_val.command.value.clone(),
-            cwd: p_val.cwd.clone(),
-            env: p_val.env.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect(),
-            restart,
-            backoff,
-            stop_signal,
-            stop_timeout,
-        });
+    let mut names = Names::default();
+    let mut processes = Vec::new();
+    let mut watches = Vec::new();
+    for (i, p) in raw.processes.iter().flatten().enumerate() {
+        program(src, i, p, &mut names, &mut processes)?;
     }
-
-    let mut watch_names = HashSet::new();
-    let mut watches = Vec::with_capacity(raw.watches.len());
-    for (i, w) in raw.watches.iter().enumerate() {
-        let at = |k: &str| format!("watches[{i}].{k}");
-        let w_val = &w.value;
-        let name = c.name(&w_val.name, &at("name"), &mut watch_names)?;
-        if w_val.path.value.as_os_str().is_empty() {
-            return c.err(&w_val.path.referenced, &at("path"), "must not be empty");
-        }
-        for (list, key) in [(&w_val.include, "include"), (&w_val.exclude, "exclude")] {
-            for (j, g) in list.iter().enumerate() {
-                if let Err(e) = globset::Glob::new(&g.value) {
-                    return c.err(
-                        &g.referenced,
-                        &format!("watches[{i}].{key}[{j}]"),
-                        format!("invalid glob: {}", e.kind()),
-                    );
-                }
+    for (i, w) in raw.watches.iter().flatten().enumerate() {
+        watches.push(watch(src, i, w, &mut names)?);
+    }
+    let mut included = Vec::new();
+    for (i, pattern) in raw.include.iter().flatten().enumerate() {
+        let key = format!("include[{i}]");
+        for file in expand_include(src, pattern, &key, path)? {
+            if included.contains(&file) {
+                continue;
             }
+            let name = file.display().to_string();
+            let text = read_text(&file)?;
+            let dir = file.parent().unwrap_or(Path::new("/"));
+            let inc = Source { file: &name, dir };
+            let raw = match parse_yaml::<RawInclude>(&text, &name)? {
+                Some(raw) if raw.processes.is_some() || raw.watches.is_some() => raw,
+                _ => {
+                    return inc
+                        .c()
+                        .err(&serde_saphyr::Location::UNKNOWN, "(document)", NOTHING_TO_RUN);
+                }
+            };
+            for (i, p) in raw.processes.iter().flatten().enumerate() {
+                program(&inc, i, p, &mut names, &mut processes)?;
+            }
+            for (i, w) in raw.watches.iter().flatten().enumerate() {
+                watches.push(watch(&inc, i, w, &mut names)?);
+            }
+            included.push(file);
         }
-        watches.push(WatchConfig {
-            name,
-            path: w_val.path.value.clone(),
-            recursive: w_val.recursive.unwrap_or(true),
-            include: w_val.include.iter().map(|g| g.value.clone()).collect(),
-            exclude: w_val.exclude.iter().map(|g| g.value.clone()).collect(),
-        });
     }
-
     Ok(Config {
         source: None,
+        included,
         listen_address: raw.listen_address.map(|a| a.value),
         status_interval,
         shutdown_timeout,
         processes,
         watches,
     })
+}
+
+/// The files an `include` glob names: relative to the including file, sorted; only the last
+/// component may hold wildcards; directories are skipped. Matching nothing is a warning.
+fn expand_include(
+    src: &Source,
+    pattern: &Spanned<String>,
+    key: &str,
+    including: Option<&Path>,
+) -> Result<Vec<PathBuf>, ConfigError> {
+    let c = src.c();
+    let at = &pattern.referenced;
+    let full = src.path(Path::new(&pattern.value));
+    let (dir, glob) = match (full.parent(), full.file_name().and_then(|f| f.to_str())) {
+        (Some(dir), Some(glob)) if !pattern.value.is_empty() => (dir.to_path_buf(), glob.to_owned()),
+        _ => return c.err(at, key, "expected a file name or a glob like conf.d/*.yaml"),
+    };
+    if dir.to_string_lossy().contains(['*', '?', '[', '{']) {
+        return c.err(
+            at,
+            key,
+            "only the file name may hold wildcards (conf.d/*.yaml, not */x.yaml)",
+        );
+    }
+    let matcher = match globset::GlobBuilder::new(&glob).literal_separator(true).build() {
+        Ok(g) => g.compile_matcher(),
+        Err(e) => return c.err(at, key, format!("invalid glob: {}", e.kind())),
+    };
+    let mut files = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(entries) => {
+            for e in entries.flatten() {
+                let name = e.file_name();
+                if !matcher.is_match(Path::new(&name)) || e.path().is_dir() {
+                    continue;
+                }
+                files.push(e.path());
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return c.err(at, key, format!("cannot read directory {}: {e}", dir.display())),
+    }
+    files.sort();
+    if files.is_empty() {
+        tracing::warn!(file = src.file, key, pattern = %pattern.value, "include matches no file");
+    }
+    if let Some(including) = including {
+        let me = std::fs::canonicalize(including).ok();
+        if files.iter().any(|f| std::fs::canonicalize(f).ok() == me) {
+            return c.err(at, key, "includes the file it is in");
+        }
+    }
+    Ok(files)
+}
+
+/// Validates one raw program and appends it (or its instances) to `out`.
+fn program(
+    src: &Source,
+    i: usize,
+    p: &Spanned<RawProgram>,
+    names: &mut Names,
+    out: &mut Vec<ProgramConfig>,
+) -> Result<(), ConfigError> {
+    let c = src.c();
+    let at = |k: &str| format!("processes[{i}].{k}");
+    let p_val = &p.value;
+    let name = c.name(&p_val.name, &at("name"), &mut names.programs)?;
+    let command = &p_val.command;
+    if command.value.is_empty() || command.value[0].is_empty() {
+        return c.err(
+            &command.referenced,
+            &at("command"),
+            "must be a non-empty list: [program, args...]",
+        );
+    }
+    if command.value.iter().any(|a| a.contains('\0')) {
+        return c.err(
+            &command.referenced,
+            &at("command"),
+            "an argument cannot hold a NUL byte",
+        );
+    }
+    let restart = match p_val.restart.as_ref() {
+        None => RestartPolicy::OnFailure,
+        Some(r) => match r.value.as_str() {
+            "always" => RestartPolicy::Always,
+            "on-failure" => RestartPolicy::OnFailure,
+            "never" => RestartPolicy::Never,
+            other => {
+                return c.err(
+                    &r.referenced,
+                    &at("restart"),
+                    format!("unknown restart policy {other:?} (expected always, on-failure or never)"),
+                );
+            }
+        },
+    };
+    let (initial, max) = match &p_val.backoff {
+        None => (None, None),
+        Some(b) => (b.initial.as_ref(), b.max.as_ref()),
+    };
+    let backoff = BackoffConfig {
+        initial: c.duration(
+            &initial.map(clone_scalar),
+            &at("backoff.initial"),
+            Duration::from_secs(1),
+        )?,
+        max: c.duration(&max.map(clone_scalar), &at("backoff.max"), Duration::from_secs(60))?,
+    };
+    if backoff.max < backoff.initial {
+        let loc = max.map_or(p.referenced, |m| m.referenced);
+        return c.err(&loc, &at("backoff.max"), "must not be less than backoff.initial");
+    }
+    let stop_signal = match &p_val.stop_signal {
+        None => Signal(libc::SIGTERM),
+        Some(s) => match Signal::parse(&s.value) {
+            Some(sig) if [libc::SIGKILL, libc::SIGSTOP, libc::SIGCONT].contains(&sig.0) => {
+                return c.err(
+                    &s.referenced,
+                    &at("stop_signal"),
+                    format!(
+                        "{} cannot be a stop signal (KILL comes anyway after stop_timeout; STOP and CONT do not stop)",
+                        sig.name()
+                    ),
+                );
+            }
+            Some(sig) => sig,
+            None => {
+                let known: Vec<&str> = SIGNALS.iter().map(|(n, _)| *n).collect();
+                return c.err(
+                    &s.referenced,
+                    &at("stop_signal"),
+                    format!("unknown signal {:?} (expected one of {})", s.value, known.join(", ")),
+                );
+            }
+        },
+    };
+    let stop_timeout = c.duration(&p_val.stop_timeout, &at("stop_timeout"), Duration::from_secs(10))?;
+    let cwd = p_val.cwd.as_ref().map(|d| src.path(&d.value));
+
+    let mut env = BTreeMap::new();
+    for (j, f) in p_val.env_file.iter().enumerate() {
+        read_env_file(src, f, &at(&format!("env_file[{j}]")), &mut env)?;
+    }
+    for (k, v) in &p_val.env {
+        if let Err(message) = check_env_key(k) {
+            return c.err(&v.referenced, &at(&format!("env.{k}")), message);
+        }
+        if v.value.0.contains('\0') {
+            return c.err(
+                &v.referenced,
+                &at(&format!("env.{k}")),
+                "a value cannot hold a NUL byte",
+            );
+        }
+        env.insert(k.clone(), v.value.0.clone());
+    }
+    let identity = identity_of(src, i, p_val)?;
+    if let Some(u) = &identity.user {
+        for (var, value) in [
+            ("USER", Some(&u.name)),
+            ("LOGNAME", Some(&u.name)),
+            ("HOME", u.home.as_ref()),
+        ] {
+            if let Some(value) = value {
+                env.entry(var.to_owned()).or_insert_with(|| value.clone());
+            }
+        }
+    }
+    check_exec_size(src, &at("command"), command, &env)?;
+
+    let base = ProgramConfig {
+        name,
+        instance: None,
+        command: command.value.clone(),
+        cwd,
+        env,
+        identity,
+        restart,
+        backoff,
+        stop_signal,
+        stop_timeout,
+    };
+    let Some(n) = &p_val.instances else {
+        out.push(base);
+        return Ok(());
+    };
+    let count = match n.value.0.trim().parse::<u32>() {
+        Ok(n) if (1..=MAX_INSTANCES).contains(&n) => n,
+        _ => {
+            return c.err(
+                &n.referenced,
+                &at("instances"),
+                format!("expected a number from 1 to {MAX_INSTANCES}, not {:?}", n.value.0),
+            );
+        }
+    };
+    // The base name stays taken (a second `web` would be confusing); each copy's must be free.
+    for k in 0..count {
+        let mut copy = base.clone();
+        copy.name = format!("{}-{k}", base.name);
+        copy.instance = Some(k);
+        copy.env.insert("PROCWATCH_INSTANCE".to_owned(), k.to_string());
+        c.unique(&copy.name, &p_val.name.referenced, &at("name"), &mut names.programs)?;
+        out.push(copy);
+    }
+    Ok(())
+}
+
+/// Validates one raw watch.
+fn watch(src: &Source, i: usize, w: &Spanned<RawWatch>, names: &mut Names) -> Result<WatchConfig, ConfigError> {
+    let c = src.c();
+    let at = |k: &str| format!("watches[{i}].{k}");
+    let w_val = &w.value;
+    let name = c.name(&w_val.name, &at("name"), &mut names.watches)?;
+    if w_val.path.value.as_os_str().is_empty() {
+        return c.err(&w_val.path.referenced, &at("path"), "must not be empty");
+    }
+    for (list, key) in [(&w_val.include, "include"), (&w_val.exclude, "exclude")] {
+        for (j, g) in list.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(&g.value) {
+                return c.err(
+                    &g.referenced,
+                    &format!("watches[{i}].{key}[{j}]"),
+                    format!("invalid glob: {}", e.kind()),
+                );
+            }
+        }
+    }
+    Ok(WatchConfig {
+        name,
+        path: src.path(&w_val.path.value),
+        recursive: w_val.recursive.unwrap_or(true),
+        include: w_val.include.iter().map(|g| g.value.clone()).collect(),
+        exclude: w_val.exclude.iter().map(|g| g.value.clone()).collect(),
+    })
+}
+
+/// user, group, umask and limits, resolved now so that a wrong one is a config error.
+fn identity_of(src: &Source, i: usize, p: &RawProgram) -> Result<Identity, ConfigError> {
+    let c = src.c();
+    let at = |k: &str| format!("processes[{i}].{k}");
+    let mut id = Identity::default();
+    // SAFETY: geteuid/getegid have no preconditions.
+    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    if let Some(u) = &p.user {
+        let user = match identity::lookup_user(&u.value.0) {
+            Ok(Some(user)) => user,
+            Ok(None) => return c.err(&u.referenced, &at("user"), format!("no such user {:?}", u.value.0)),
+            Err(e) => return c.err(&u.referenced, &at("user"), e),
+        };
+        if user.gid.is_none() && p.group.is_none() {
+            return c.err(
+                &u.referenced,
+                &at("user"),
+                format!("uid {} has no passwd entry: give `group:` too", user.uid),
+            );
+        }
+        if user.uid != euid && !identity::capable(identity::CAP_SETUID) {
+            return c.err(
+                &u.referenced,
+                &at("user"),
+                format!(
+                    "running as user {:?} needs root (procwatch runs as uid {euid} without CAP_SETUID)",
+                    user.name
+                ),
+            );
+        }
+        id.user = Some(user);
+    }
+    if let Some(g) = &p.group {
+        id.group = match identity::lookup_group(&g.value.0) {
+            Ok(Some(group)) => Some(group),
+            Ok(None) => return c.err(&g.referenced, &at("group"), format!("no such group {:?}", g.value.0)),
+            Err(e) => return c.err(&g.referenced, &at("group"), e),
+        };
+    }
+    if let Some(gid) = id.gid() {
+        id.groups = match &id.user {
+            Some(User { name, gid: Some(_), .. }) => {
+                identity::supplementary_groups(name, gid).or_else(|e| c.err(&p.name.referenced, &at("user"), e))?
+            }
+            // Only a group: the supplementary groups are dropped, as with systemd's Group=.
+            _ => Vec::new(),
+        };
+        // setgroups(2) needs CAP_SETGID even to set the groups one already has.
+        if !identity::capable(identity::CAP_SETGID) {
+            let (at_loc, key) = match (&p.group, &p.user) {
+                (Some(g), _) => (g.referenced, at("group")),
+                (None, Some(u)) => (u.referenced, at("user")),
+                (None, None) => (p.name.referenced, at("name")),
+            };
+            return c.err(
+                &at_loc,
+                &key,
+                format!("changing groups (to gid {gid}) needs root (procwatch runs as gid {egid} without CAP_SETGID)"),
+            );
+        }
+    }
+    if let Some(m) = &p.umask {
+        id.umask = match u32::from_str_radix(m.value.0.trim(), 8) {
+            Ok(v) if v <= 0o777 => Some(v as libc::mode_t),
+            _ => {
+                return c.err(
+                    &m.referenced,
+                    &at("umask"),
+                    format!("expected an octal mode like \"0027\", not {:?}", m.value.0),
+                );
+            }
+        };
+    }
+    for (name, value) in &p.limits {
+        let key = at(&format!("limits.{name}"));
+        let Some(kind) = LimitKind::parse(name) else {
+            let known: Vec<&str> = LimitKind::ALL.iter().map(|k| k.name()).collect();
+            return c.err(
+                &value.referenced,
+                &key,
+                format!("unknown limit {name:?} (expected one of {})", known.join(", ")),
+            );
+        };
+        let parse = |text: &str| {
+            parse_limit(kind.unit(), text).ok_or_else(|| {
+                let example = match kind.unit() {
+                    LimitUnit::Count => "65536",
+                    LimitUnit::Bytes => "64MiB",
+                    LimitUnit::Seconds => "3600 or 1h",
+                };
+                format!("invalid value {text:?} (write it like {example}, or unlimited)")
+            })
+        };
+        let (soft, hard) = match &value.value {
+            RawLimit::Both(v) => parse(v).map(|v| (v, v)),
+            RawLimit::Split { soft, hard } => parse(soft).and_then(|s| parse(hard).map(|h| (s, h))),
+        }
+        .or_else(|e| c.err(&value.referenced, &key, e))?;
+        if soft > hard {
+            return c.err(&value.referenced, &key, "soft must not be above hard");
+        }
+        let (_, current_hard) = kind.current();
+        if hard > current_hard && !identity::capable(identity::CAP_SYS_RESOURCE) {
+            return c.err(
+                &value.referenced,
+                &key,
+                format!(
+                    "{} is above procwatch's own hard limit {current_hard}; raising it needs root (CAP_SYS_RESOURCE)",
+                    fmt_limit(hard)
+                ),
+            );
+        }
+        if kind == LimitKind::Nofile && hard > identity::nr_open() {
+            return c.err(
+                &value.referenced,
+                &key,
+                format!(
+                    "{} is above the kernel's ceiling fs.nr_open = {}",
+                    fmt_limit(hard),
+                    identity::nr_open()
+                ),
+            );
+        }
+        id.limits.push(Limit { kind, soft, hard });
+    }
+    id.limits.sort_by_key(|l| l.kind);
+    Ok(id)
+}
+
+fn fmt_limit(n: u64) -> String {
+    if n == libc::RLIM_INFINITY {
+        "unlimited".to_owned()
+    } else {
+        n.to_string()
+    }
+}
+
+/// `65536`, `unlimited`/`infinity`, sizes like `64MiB` for byte limits, durations for `cpu`.
+fn parse_limit(unit: LimitUnit, text: &str) -> Option<u64> {
+    let text = text.trim();
+    if matches!(text, "unlimited" | "infinity") {
+        return Some(libc::RLIM_INFINITY);
+    }
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(n);
+    }
+    match unit {
+        LimitUnit::Count => None,
+        LimitUnit::Bytes => parse_size(text),
+        LimitUnit::Seconds => parse_duration(text).map(|d| d.as_secs()),
+    }
+}
+
+/// Parses sizes like `512MiB`, `10MB`, `4k`, `100` (bytes).
+pub fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let digits = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    if digits == 0 {
+        return None;
+    }
+    let n: u64 = text[..digits].parse().ok()?;
+    let factor: u64 = match text[digits..].trim() {
+        "" | "B" => 1,
+        "k" | "K" | "KB" | "kB" => 1000,
+        "KiB" => 1 << 10,
+        "M" | "MB" => 1000 * 1000,
+        "MiB" => 1 << 20,
+        "G" | "GB" => 1000 * 1000 * 1000,
+        "GiB" => 1 << 30,
+        "T" | "TB" => 1000 * 1000 * 1000 * 1000,
+        "TiB" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
+/// An env key exec can carry: not empty, no `=`, no NUL.
+fn check_env_key(k: &str) -> Result<(), &'static str> {
+    if k.is_empty() {
+        Err("an environment variable name cannot be empty")
+    } else if k.contains('=') {
+        Err("an environment variable name cannot hold '='")
+    } else if k.contains('\0') {
+        Err("an environment variable name cannot hold a NUL byte")
+    } else {
+        Ok(())
+    }
+}
+
+/// Refuses an argv or environment that execve(2) would refuse with E2BIG: one string longer
+/// than `MAX_ARG_STRLEN`, or argv and environment (procwatch's own included) above `ARG_MAX`.
+fn check_exec_size(
+    src: &Source,
+    key: &str,
+    command: &Spanned<Vec<String>>,
+    env: &BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    let c = src.c();
+    let at = &command.referenced;
+    // What execve counts: each string with its NUL, and a pointer to it.
+    let cost = |len: usize| len + 1 + std::mem::size_of::<usize>();
+    let mut total = 0usize;
+    for a in &command.value {
+        if a.len() + 1 > MAX_ARG_STRLEN {
+            return c.err(
+                at,
+                key,
+                format!(
+                    "an argument of {} bytes is above exec's limit of {MAX_ARG_STRLEN}",
+                    a.len()
+                ),
+            );
+        }
+        total += cost(a.len());
+    }
+    for (k, v) in env {
+        let len = k.len() + 1 + v.len();
+        if len + 1 > MAX_ARG_STRLEN {
+            return c.err(
+                at,
+                &key.replace("command", &format!("env.{k}")),
+                format!("{len} bytes are above exec's limit of {MAX_ARG_STRLEN} for one variable"),
+            );
+        }
+        total += cost(len);
+    }
+    for (k, v) in std::env::vars_os() {
+        if !env.contains_key(k.to_str().unwrap_or_default()) {
+            total += cost(k.len() + 1 + v.len());
+        }
+    }
+    // SAFETY: sysconf has no preconditions.
+    let arg_max = match unsafe { libc::sysconf(libc::_SC_ARG_MAX) } {
+        n if n > 0 => n as usize,
+        _ => 2 << 20,
+    };
+    if total > arg_max {
+        return c.err(
+            at,
+            key,
+            format!(
+                "the command and environment take {total} bytes, above exec's limit ARG_MAX = {arg_max} (procwatch's own environment included)"
+            ),
+        );
+    }
+    Ok(())
+}
+
+/// Reads one `env_file` entry into `env`: `-path` may be missing.
+fn read_env_file(
+    src: &Source,
+    entry: &Spanned<String>,
+    key: &str,
+    env: &mut BTreeMap<String, String>,
+) -> Result<(), ConfigError> {
+    let c = src.c();
+    let (optional, name) = match entry.value.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, entry.value.as_str()),
+    };
+    if name.is_empty() {
+        return c.err(&entry.referenced, key, "expected a file name");
+    }
+    let path = src.path(Path::new(name));
+    let bytes = match read_bounded(&path, MAX_ENV_FILE_BYTES) {
+        Ok(b) => b,
+        Err(e) if optional && e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            return c.err(
+                &entry.referenced,
+                key,
+                format!("cannot read env file {}: {e}", path.display()),
+            );
+        }
+    };
+    let file = path.display().to_string();
+    let text = String::from_utf8(bytes).map_err(|e| ConfigError::Invalid {
+        file: file.clone(),
+        line: 1,
+        column: 1,
+        key: key.to_owned(),
+        message: format!(
+            "not UTF-8 text (invalid byte at offset {})",
+            e.utf8_error().valid_up_to()
+        ),
+    })?;
+    let vars = parse_env_file(&text).map_err(|(line, column, message)| ConfigError::Invalid {
+        file,
+        line,
+        column,
+        key: key.to_owned(),
+        message,
+    })?;
+    env.extend(vars);
+    Ok(())
+}
+
+/// Parses systemd `EnvironmentFile=` syntax: `KEY=VALUE` lines; lines starting with `#` or
+/// `;` are comments; `export ` before a key is tolerated; values may be `"double quoted"`
+/// (with `\"`, `\\`, `\$`, `` \` `` and line continuation) or `'single quoted'` (literal),
+/// may span lines inside quotes; unquoted values lose surrounding blanks, and a backslash
+/// escapes the next character. No variable expansion. Errors are (line, column, message).
+pub fn parse_env_file(text: &str) -> Result<Vec<(String, String)>, (u64, u64, String)> {
+    let mut cur = Cursor {
+        chars: text.chars().collect(),
+        i: 0,
+        line: 1,
+        col: 1,
+    };
+    let mut out = Vec::new();
+    while let Some(c) = cur.peek() {
+        // Blanks, empty lines and comments.
+        if c.is_whitespace() {
+            cur.next();
+            continue;
+        }
+        if c == '#' || c == ';' {
+            while cur.peek().is_some_and(|c| c != '\n') {
+                cur.next();
+            }
+            continue;
+        }
+        // The key, up to '='.
+        let (key_line, key_col) = (cur.line, cur.col);
+        let mut key = String::new();
+        while let Some(c) = cur.peek().filter(|&c| c != '=' && c != '\n') {
+            key.push(c);
+            cur.next();
+        }
+        if cur.next() != Some('=') {
+            return Err((
+                key_line,
+                key_col,
+                format!("expected KEY=VALUE, found {:?}", key.trim_end()),
+            ));
+        }
+        let mut key = key.trim();
+        if let Some(rest) = key.strip_prefix("export")
+            && rest.starts_with([' ', '\t'])
+        {
+            key = rest.trim_start();
+        }
+        let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return Err((
+                key_line,
+                key_col,
+                format!("invalid variable name {key:?} (letters, digits and '_', not starting with a digit)"),
+            ));
+        }
+        while cur.peek().is_some_and(|c| c == ' ' || c == '\t') {
+            cur.next();
+        }
+        // The value, up to an unquoted end of line; `kept` is its length without trailing
+        // unquoted blanks.
+        let mut value = String::new();
+        let mut kept = 0;
+        while let Some(c) = cur.peek().filter(|&c| c != '\n') {
+            let (q_line, q_col) = (cur.line, cur.col);
+            cur.next();
+            let unclosed = |what: &str| (q_line, q_col, format!("{what} quote not closed"));
+            match c {
+                '\'' => loop {
+                    match cur.next().ok_or_else(|| unclosed("single"))? {
+                        '\'' => break,
+                        c => value.push(c),
+                    }
+                },
+                '"' => loop {
+                    match cur.next().ok_or_else(|| unclosed("double"))? {
+                        '"' => break,
+                        '\\' => match cur.next().ok_or_else(|| unclosed("double"))? {
+                            '\n' => {}
+                            n @ ('"' | '\\' | '$' | '`') => value.push(n),
+                            other => {
+                                value.push('\\');
+                                value.push(other);
+                            }
+                        },
+                        c => value.push(c),
+                    }
+                },
+                '\\' => match cur.next() {
+                    Some('\n') | None => {}
+                    Some(n) => value.push(n),
+                },
+                ' ' | '\t' | '\r' => {
+                    value.push(c);
+                    continue;
+                }
+                c => value.push(c),
+            }
+            kept = value.len();
+        }
+        value.truncate(kept);
+        out.push((key.to_owned(), value));
+    }
+    Ok(out)
+}
+
+/// Characters of an env file with the line and column of the next one.
+struct Cursor {
+    chars: Vec<char>,
+    i: usize,
+    line: u64,
+    col: u64,
+}
+
+impl Cursor {
+    fn peek(&self) -> Option<char> {
+        self.chars.get(self.i).copied()
+    }
+
+    fn next(&mut self) -> Option<char> {
+        let c = self.peek()?;
+        self.i += 1;
+        if c == '\n' {
+            self.line += 1;
+            self.col = 1;
+        } else {
+            self.col += 1;
+        }
+        Some(c)
+    }
 }
 
 fn clone_scalar(s: &Spanned<Scalar>) -> Spanned<Scalar> {
@@ -538,6 +1410,28 @@ fn valid_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Where to listen: `:PORT` is every address, IPv4 and IPv6, as in the Prometheus exporters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenAddress {
+    Any(u16),
+    At(SocketAddr),
+}
+
+/// Parses a listen address: `:PORT` for every address, else `HOST:PORT` with a literal IP.
+/// The config's `listen_address` and `--web.listen-address` both go through this one function.
+pub fn parse_listen_address(addr: &str) -> Result<ListenAddress, String> {
+    match addr.strip_prefix(':') {
+        Some(port) => port
+            .parse()
+            .map(ListenAddress::Any)
+            .map_err(|e| format!("port: {e} (expected HOST:PORT or :PORT)")),
+        None => addr
+            .parse()
+            .map(ListenAddress::At)
+            .map_err(|e: std::net::AddrParseError| format!("{e} (expected HOST:PORT, [IPv6]:PORT or :PORT)")),
+    }
 }
 
 /// Parses `200ms`, `10s`, `1m`, `2h`, `1m30s`, or a bare `0`.
@@ -657,7 +1551,7 @@ mod tests {
         let (line, col, key, msg) = err("processes:\n  - name: a\n    command: [x]\n    stop_timeout: 10 sec\n");
         assert_eq!((line, col, key.as_str()), (4, 19, "processes[0].stop_timeout"));
         assert!(msg.contains("10 sec"), "{msg}");
-        let (_, _, key, _) = err("status_interval: fast\n");
+        let (_, _, key, _) = err("status_interval: fast\nprocesses: []\n");
         assert_eq!(key, "status_interval");
     }
 
@@ -691,9 +1585,241 @@ mod tests {
     }
 
     #[test]
-    fn empty_file_is_an_empty_config() {
-        let c = Config::parse("", "t.yaml").unwrap();
-        assert!(c.processes.is_empty());
+    fn a_file_without_processes_or_watches_is_refused() {
+        for text in [
+            "",
+            "---\n",
+            "# nothing\n",
+            "status_interval: 5s\n",
+            "listen_address: \":1\"\n",
+        ] {
+            let (line, col, key, msg) = err(text);
+            assert_eq!((line, col, key.as_str()), (1, 1, "(document)"), "{text:?}");
+            assert!(msg.contains("no `processes:` or `watches:`"), "{msg}");
+        }
+        assert!(Config::parse("processes: []\n", "t.yaml").unwrap().processes.is_empty());
+        assert!(Config::parse("watches: []\n", "t.yaml").is_ok());
+    }
+
+    #[test]
+    fn scalars_are_kept_as_written() {
+        let c = Config::parse(
+            "processes:\n  - name: a\n    command: [x, 1e3, 0x10, 3.10, true]\n    env: {V: 3.10, E: 1e3, O: 0027, B: yes, I: 10}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let p = &c.processes[0];
+        assert_eq!(p.command, ["x", "1e3", "0x10", "3.10", "true"]);
+        let env: Vec<(&str, &str)> = p.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            env,
+            [("B", "yes"), ("E", "1e3"), ("I", "10"), ("O", "0027"), ("V", "3.10")]
+        );
+    }
+
+    #[test]
+    fn bad_env_keys_are_refused_with_their_position() {
+        for (yaml_key, what) in [("\"\"", "empty"), ("\"A=B\"", "'='"), ("\"A\\0B\"", "NUL")] {
+            let (line, col, key, msg) = err(&format!(
+                "processes:\n  - name: a\n    command: [x]\n    env: {{{yaml_key}: v}}\n"
+            ));
+            assert_eq!(line, 4, "{yaml_key}");
+            assert!(col > 10, "{yaml_key}: {col}");
+            assert!(key.starts_with("processes[0].env."), "{key}");
+            assert!(msg.contains(what), "{msg}");
+        }
+        let (_, _, _, msg) = err("processes:\n  - name: a\n    command: [x]\n    env: {A: \"a\\0b\"}\n");
+        assert!(msg.contains("NUL"), "{msg}");
+    }
+
+    #[test]
+    fn stop_signals_that_cannot_stop_are_refused() {
+        for sig in ["KILL", "STOP", "SIGCONT"] {
+            let (line, col, key, msg) = err(&format!(
+                "processes:\n  - name: a\n    command: [x]\n    stop_signal: {sig}\n"
+            ));
+            assert_eq!((line, col, key.as_str()), (4, 18, "processes[0].stop_signal"));
+            assert!(msg.contains("cannot be a stop signal"), "{msg}");
+        }
+        assert!(
+            Config::parse(
+                "processes:\n  - name: a\n    command: [x]\n    stop_signal: INT\n",
+                "t.yaml"
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn listen_address_is_checked_where_written() {
+        let (line, col, key, msg) = err("listen_address: \"not an address\"\nprocesses: []\n");
+        assert_eq!((line, col, key.as_str()), (1, 17, "listen_address"));
+        assert!(msg.contains("HOST:PORT"), "{msg}");
+        for good in [":9407", "127.0.0.1:0", "[::1]:80"] {
+            assert!(parse_listen_address(good).is_ok(), "{good}");
+        }
+        for bad in ["", "9407", "localhost", ":http", "1.2.3.4:99999"] {
+            assert!(parse_listen_address(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn aliases_cannot_blow_a_small_file_up() {
+        let big = "x".repeat(1 << 20);
+        let mut yaml = format!("big: &big {big}\n");
+        yaml.clear();
+        yaml.push_str(&format!("processes:\n  - name: a\n    command: [&big {big}"));
+        for _ in 0..40 {
+            yaml.push_str(", *big");
+        }
+        yaml.push_str("]\n");
+        let (line, _, _, msg) = err(&yaml);
+        assert!(msg.contains("expands to more than"), "{msg}");
+        assert_eq!(line, 3);
+        // Below the expansion bound, exec's own limits still apply, with the key.
+        let arg = "y".repeat(200_000);
+        let (line, _, key, msg) = err(&format!("processes:\n  - name: a\n    command: [x, {arg}]\n"));
+        assert_eq!((line, key.as_str()), (3, "processes[0].command"));
+        assert!(msg.contains("exec's limit"), "{msg}");
+        let mut yaml = format!("processes:\n  - name: a\n    command: [x, &a {}", "z".repeat(100_000));
+        for _ in 0..40 {
+            yaml.push_str(", *a");
+        }
+        yaml.push_str("]\n");
+        let (_, _, _, msg) = err(&yaml);
+        assert!(msg.contains("ARG_MAX"), "{msg}");
+    }
+
+    #[test]
+    fn relative_paths_are_relative_to_the_config_file() {
+        let c = Config::parse(
+            "processes:\n  - name: a\n    command: [x]\n    cwd: work\nwatches:\n  - name: w\n    path: ./data\n  - name: abs\n    path: /srv\n",
+            "/etc/pw/main.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.processes[0].cwd.as_deref(), Some(Path::new("/etc/pw/work")));
+        assert_eq!(c.watches[0].path, Path::new("/etc/pw/data"));
+        assert_eq!(c.watches[1].path, Path::new("/srv"));
+        assert_eq!(Config::demo().watches[0].path, Path::new("."));
+    }
+
+    #[test]
+    fn instances_are_named_and_numbered() {
+        let c = Config::parse(
+            "processes:\n  - name: web\n    command: [x]\n    instances: 3\n  - name: one\n    command: [y]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.processes.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, ["web-0", "web-1", "web-2", "one"]);
+        assert_eq!(c.processes[2].env["PROCWATCH_INSTANCE"], "2");
+        assert_eq!(c.processes[2].instance, Some(2));
+        assert!(!c.processes[3].env.contains_key("PROCWATCH_INSTANCE"));
+        // Two instances of the same program are equal but for name and number: a reload from
+        // 3 to 2 keeps web-0 and web-1 as they are.
+        let two = Config::parse(
+            "processes:\n  - name: web\n    command: [x]\n    instances: 2\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let r = ApplyReport::diff(c.processes.iter().map(|p| (&p.name, p)), &two.processes, |p| &p.name);
+        assert_eq!(r.unchanged, ["web-0", "web-1"]);
+        assert_eq!(r.stopped, ["one", "web-2"]);
+        for bad in ["0", "-1", "many", "10001"] {
+            let (line, _, key, _) = err(&format!(
+                "processes:\n  - name: web\n    command: [x]\n    instances: {bad}\n"
+            ));
+            assert_eq!((line, key.as_str()), (4, "processes[0].instances"), "{bad}");
+        }
+        let (line, _, key, msg) =
+            err("processes:\n  - name: web\n    command: [x]\n    instances: 2\n  - name: web-1\n    command: [x]\n");
+        assert_eq!((line, key.as_str()), (5, "processes[1].name"));
+        assert!(msg.contains("duplicate"), "{msg}");
+    }
+
+    #[test]
+    fn identity_keys_resolve_or_are_refused() {
+        let c = Config::parse(
+            "processes:\n  - name: a\n    command: [x]\n    user: root\n    umask: 0027\n    limits: {nofile: 1024, core: 0, cpu: 1h, stack: {soft: 8MiB, hard: unlimited}}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let p = &c.processes[0];
+        let id = &p.identity;
+        assert_eq!(id.user.as_ref().unwrap().uid, 0);
+        assert_eq!(id.gid(), Some(0));
+        assert_eq!(id.umask, Some(0o027));
+        let limits: Vec<String> = id.limits.iter().map(|l| l.to_string()).collect();
+        assert_eq!(limits, ["nofile=1024", "core=0", "stack=8388608/unlimited", "cpu=3600"]);
+        assert_eq!((p.env["USER"].as_str(), p.env["HOME"].as_str()), ("root", "/root"));
+        // `env` wins over what `user` would set.
+        let c = Config::parse(
+            "processes:\n  - name: a\n    command: [x]\n    user: root\n    env: {HOME: /tmp}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.processes[0].env["HOME"], "/tmp");
+
+        let cases = [
+            ("user: no-such-user-pw", "processes[0].user", "no such user"),
+            ("group: no-such-group-pw", "processes[0].group", "no such group"),
+            ("user: 4000123", "processes[0].user", "give `group:`"),
+            ("umask: 999", "processes[0].umask", "octal"),
+            ("umask: \"01777\"", "processes[0].umask", "octal"),
+            ("limits: {files: 10}", "processes[0].limits.files", "unknown limit"),
+            ("limits: {nofile: lots}", "processes[0].limits.nofile", "invalid value"),
+            (
+                "limits: {nofile: {soft: 10, hard: 5}}",
+                "processes[0].limits.nofile",
+                "soft must not",
+            ),
+            ("limits: {nofile: {soft: 10}}", "processes[0].limits.nofile", "hard"),
+            // Above the hard limit without CAP_SYS_RESOURCE, or above fs.nr_open with it.
+            ("limits: {nofile: unlimited}", "processes[0].limits.nofile", "above"),
+        ];
+        for (line, want_key, want) in cases {
+            let (l, _, key, msg) = err(&format!("processes:\n  - name: a\n    command: [x]\n    {line}\n"));
+            assert_eq!(l, 4, "{line}");
+            assert!(key.starts_with(want_key), "{line}: {key}");
+            assert!(msg.contains(want), "{line}: {msg}");
+        }
+    }
+
+    #[test]
+    fn env_files_follow_systemd_syntax() {
+        let text = "# comment\n; another\n\nA=1\n  B = two words  \nexport C=\"quoted # not a comment\"\nD='single $HOME \\n'\nE=\"multi\nline\"\nF=a\\\n b\nG=\"esc \\\" \\$X \\q\"\nH=\nI=x # kept\n";
+        let vars = parse_env_file(text).unwrap();
+        let got: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("A", "1"),
+                ("B", "two words"),
+                ("C", "quoted # not a comment"),
+                ("D", "single $HOME \\n"),
+                ("E", "multi\nline"),
+                ("F", "a b"),
+                ("G", "esc \" $X \\q"),
+                ("H", ""),
+                ("I", "x # kept"),
+            ]
+        );
+        assert_eq!(parse_env_file("A=1\nnot a line\n").unwrap_err().0, 2);
+        let (line, col, msg) = parse_env_file("A=1\n  B=\"open\n").unwrap_err();
+        assert_eq!((line, col), (2, 5));
+        assert!(msg.contains("not closed"), "{msg}");
+        assert_eq!(parse_env_file("1A=x\n").unwrap_err().0, 1);
+        assert_eq!(parse_env_file("A-B=x\n").unwrap_err().0, 1);
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("10MB"), Some(10_000_000));
+        assert_eq!(parse_size("100"), Some(100));
+        for bad in ["", "MiB", "1.5GiB", "10 parsecs", "-1"] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
     }
 
     #[test]

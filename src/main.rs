@@ -91,9 +91,13 @@ fn print_plan(config: &Config) {
         config.processes.len(),
         config.watches.len()
     );
+    for file in &config.included {
+        println!("  included {}", file.display());
+    }
     for p in &config.processes {
+        let instance = p.instance.map_or_else(String::new, |i| format!(" (instance {i})"));
         println!(
-            "  program {}: {:?} (restart {}, backoff {}..{}, stop {} then SIGKILL after {})",
+            "  program {}{instance}: {:?} (restart {}, backoff {}..{}, stop {} then SIGKILL after {})",
             p.name,
             p.command,
             p.restart,
@@ -102,6 +106,14 @@ fn print_plan(config: &Config) {
             p.stop_signal.name(),
             format_duration(p.stop_timeout)
         );
+        println!("    runs as: {}", p.identity.describe());
+        if let Some(cwd) = &p.cwd {
+            println!("    cwd: {}", cwd.display());
+        }
+        if !p.env.is_empty() {
+            let keys: Vec<&str> = p.env.keys().map(String::as_str).collect();
+            println!("    env: {}", keys.join(" "));
+        }
     }
     for w in &config.watches {
         println!(

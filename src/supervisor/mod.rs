@@ -6,6 +6,7 @@
 
 mod backoff;
 mod guardian;
+pub mod identity;
 mod os;
 mod runner;
 

@@ -233,6 +233,8 @@ fn spawn_program(config: &ProgramConfig) -> io::Result<i32> {
     if let Some(cwd) = &config.cwd {
         cmd.current_dir(cwd);
     }
+    // Resolved at config time; cloned here, before the fork: the child must not allocate.
+    let identity = config.identity.clone();
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and calls only async-signal-safe functions.
@@ -242,6 +244,8 @@ fn spawn_program(config: &ProgramConfig) -> io::Result<i32> {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // User, groups, umask, limits; before PR_SET_PDEATHSIG, which a uid change clears.
+            identity.apply_in_child().map_err(io::Error::from_raw_os_error)?;
             // Die with procwatch, even if procwatch is SIGKILLed.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
