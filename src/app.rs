@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
-use crate::http::{self, HttpConfig, ReloadRequest, WebConfigSource};
+use crate::http::{self, Api, ControlSocket, HttpConfig, ReloadRequest, SocketSetting, WebConfigSource};
 use crate::metrics::{Collector, ReloadStatus};
 use crate::status;
 use crate::supervisor::{Supervisor, SupervisorError};
@@ -33,6 +33,8 @@ pub struct Options {
     pub web_config: Option<Arc<WebConfigSource>>,
     /// Start the guardian process (see `supervisor::guardian`): true in the procwatch binary.
     pub guardian: bool,
+    /// `--control.socket`.
+    pub control_socket: SocketSetting,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,8 @@ pub enum AppError {
     Supervisor(#[from] SupervisorError),
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    ControlSocket(#[from] http::control_socket::SocketError),
 }
 
 impl AppError {
@@ -62,7 +66,8 @@ impl AppError {
             | AppError::ListenAddress { .. }
             | AppError::Bind { .. }
             | AppError::Supervisor(_)
-            | AppError::Signals(_) => 1,
+            | AppError::Signals(_)
+            | AppError::ControlSocket(_) => 1,
         }
     }
 }
@@ -144,7 +149,10 @@ pub async fn run(
     let mut hup = signal(SignalKind::hangup()).map_err(AppError::Signals)?;
     let mut quit = signal(SignalKind::quit()).map_err(AppError::Signals)?;
     log_other_signals(&shutdown)?;
+    // Before anything starts: a control socket held by another procwatch is a start-up error.
+    let socket = ControlSocket::bind(&options.control_socket)?;
     let mut supervisor = Supervisor::new(options.guardian)?;
+    let api = Api::new(supervisor.control());
     let mut watches = Watches::default();
     let reload_status = Arc::new(ReloadStatus::default());
     // The config was loaded and validated before `run`: the gauge says so from the first
@@ -161,18 +169,30 @@ pub async fn run(
         info!(version = env!("CARGO_PKG_VERSION"), %addr, config = %config.source_name(), "procwatch starting");
     }
     let (reload_tx, mut reload_rx) = mpsc::channel::<ReloadRequest>(8);
+    let http_config = || HttpConfig {
+        telemetry_path: options.telemetry_path.clone(),
+        enable_lifecycle: options.enable_lifecycle,
+        web: options.web_config.clone(),
+        ready: Arc::clone(&ready),
+    };
     let server = tokio::spawn(http::serve(
         listener,
-        HttpConfig {
-            telemetry_path: options.telemetry_path.clone(),
-            enable_lifecycle: options.enable_lifecycle,
-            web: options.web_config.clone(),
-            ready: Arc::clone(&ready),
-        },
+        http_config(),
         Arc::clone(&collector),
-        reload_tx,
+        reload_tx.clone(),
+        api.clone(),
         shutdown.clone(),
     ));
+    let socket_server = socket.map(|socket| {
+        tokio::spawn(http::control_socket::serve(
+            socket,
+            http_config(),
+            Arc::clone(&collector),
+            reload_tx,
+            api,
+            shutdown.clone(),
+        ))
+    });
 
     supervisor.apply(&config.processes).await;
     watches.apply(&config.watches).await;
@@ -207,6 +227,9 @@ pub async fn run(
     app.supervisor.shutdown(timeout).await;
     app.watches.shutdown().await;
     let _ = server.await;
+    if let Some(s) = socket_server {
+        let _ = s.await;
+    }
     let _ = reporter.task.await;
     info!("procwatch stopped");
     Ok(())

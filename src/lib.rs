@@ -5,6 +5,7 @@
 
 pub mod app;
 pub mod config;
+pub mod ctl;
 pub mod http;
 pub mod metrics;
 pub mod procfs;

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use clap::{Parser, ValueEnum};
 use procwatch::app::{self, Options};
 use procwatch::config::{Config, format_duration};
-use procwatch::http::WebConfigSource;
+use procwatch::http::{SocketSetting, WebConfigSource};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -29,9 +29,14 @@ struct Cli {
     /// TLS and basic auth, in the exporter-toolkit format node_exporter uses.
     #[arg(long = "web.config.file", value_name = "FILE")]
     web_config: Option<PathBuf>,
-    /// Allow POST /-/reload.
+    /// Allow the endpoints that change state: POST /-/reload and POST /api/v1/... .
     #[arg(long = "web.enable-lifecycle")]
     enable_lifecycle: bool,
+    /// The local control socket for `procwatch ctl` (mode 0600), or `none` [default:
+    /// $RUNTIME_DIRECTORY/procwatch.sock, else /run/procwatch.sock as root, else
+    /// $XDG_RUNTIME_DIR/procwatch.sock].
+    #[arg(long = "control.socket", value_name = "PATH")]
+    control_socket: Option<String>,
     /// Log level.
     #[arg(long = "log.level", value_enum, default_value_t = LogLevel::Info)]
     log_level: LogLevel,
@@ -131,6 +136,9 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some(procwatch::supervisor::GUARDIAN_FLAG) {
         return ExitCode::from(procwatch::supervisor::guardian_main());
     }
+    if std::env::args().nth(1).as_deref() == Some("ctl") {
+        return ExitCode::from(procwatch::ctl::main(std::env::args_os().skip(1)));
+    }
     let cli = Cli::parse();
     init_logging(cli.log_level, cli.log_format);
     if !cli.telemetry_path.starts_with('/') || cli.telemetry_path.len() < 2 {
@@ -173,6 +181,7 @@ fn main() -> ExitCode {
         enable_lifecycle: cli.enable_lifecycle,
         web_config,
         guardian: true,
+        control_socket: SocketSetting::from_flag(cli.control_socket.as_deref()),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -30,7 +30,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::procfs::{self, SelfUsage, TreeUsage};
-use crate::supervisor::{ExitReason, Program, ProgramState, ProgramStatus, SupervisorView};
+use crate::supervisor::{Action, ExitReason, Program, ProgramState, ProgramStatus, SupervisorView};
 use crate::watch::{WatchReport, WatchView};
 
 /// The Content-Type of the text exposition format.
@@ -455,7 +455,7 @@ fn programs(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
     )?;
     out.per_program(
         "procwatch_process_restarts_total",
-        "Restarts made by procwatch.",
+        "Restarts made by the restart policy (or a failing liveness probe); not by hand.",
         Kind::Counter,
         progs,
         |r| Some(r.status.restarts.into()),
@@ -471,6 +471,16 @@ fn programs(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
                 &[("name", r.name()), ("reason", reason.as_str())],
                 r.status.exits[reason.index()],
             )?;
+        }
+    }
+    let mut f = out.family(
+        "procwatch_process_control_actions_total",
+        "Actions taken on the program by hand (procwatch ctl, the API), by action.",
+        Kind::Counter,
+    );
+    for r in progs {
+        for (i, action) in Action::LABELS.iter().enumerate() {
+            f.sample(&[("name", r.name()), ("action", action)], r.status.control_actions[i])?;
         }
     }
     out.per_program(

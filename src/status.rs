@@ -1,47 +1,162 @@
 //! The periodic human-readable status report, and the row formatting the landing page shares.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Collector, Gathered, ProgramReport};
+use crate::supervisor::{Action, ProgramState};
+
+/// One program's status as plain data: what `GET /api/v1/programs` serves and `ctl status`
+/// reads back, and what every table (report, landing page, ctl) is formatted from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProgramInfo {
+    pub name: String,
+    /// `starting`, `running`, `stopping`, `backoff`, `stopped` or `stopped-by-hand`.
+    pub state: String,
+    /// Its readiness (while running, where it has no readiness probe).
+    pub ready: bool,
+    pub pid: Option<i32>,
+    /// Unix time the current run started.
+    pub started_at: Option<f64>,
+    pub uptime_seconds: f64,
+    /// Unix time of the next start, while backing off.
+    pub backoff_until: Option<f64>,
+    pub cpu_user_seconds: f64,
+    pub cpu_system_seconds: f64,
+    /// RSS of the live tree.
+    pub memory_bytes: Option<u64>,
+    pub restarts: u64,
+    pub last_exit: Option<ExitInfo>,
+    /// Actions by hand so far, by action (`start`, `stop`, `restart`, `signal`).
+    pub control_actions: BTreeMap<String, u64>,
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// The exit code, 128+N for signal N.
+    pub code: i32,
+    /// `success`, `failure` or `signal`.
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WatchInfo {
+    pub name: String,
+    pub path: String,
+    pub up: bool,
+    /// Events seen, by kind.
+    pub events: BTreeMap<String, u64>,
+    pub overflows: u64,
+    pub errors: u64,
+}
+
+/// Everything `ctl status -o json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusInfo {
+    pub programs: Vec<ProgramInfo>,
+    pub watches: Vec<WatchInfo>,
+}
+
+fn unix(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}
+
+impl ProgramInfo {
+    pub fn new(r: &ProgramReport, now: SystemTime) -> ProgramInfo {
+        let state = &r.status.state;
+        ProgramInfo {
+            name: r.program.name.clone(),
+            state: state.label().to_owned(),
+            ready: matches!(state, ProgramState::Running { .. }),
+            pid: state.run().map(|(pid, _)| pid),
+            started_at: state.run().map(|(_, since)| unix(since)),
+            uptime_seconds: r.uptime(now).as_secs_f64(),
+            backoff_until: match *state {
+                ProgramState::BackingOff { until } => Some(unix(until)),
+                _ => None,
+            },
+            cpu_user_seconds: r.cpu_user_seconds,
+            cpu_system_seconds: r.cpu_system_seconds,
+            memory_bytes: r.usage.map(|u| u.rss_bytes),
+            restarts: r.status.restarts,
+            last_exit: r.status.last_exit.map(|e| ExitInfo {
+                code: e.code,
+                reason: e.reason.as_str().to_owned(),
+            }),
+            control_actions: Action::LABELS
+                .iter()
+                .zip(r.status.control_actions)
+                .map(|(a, n)| ((*a).to_owned(), n))
+                .collect(),
+            command: r.status.config.command.clone(),
+        }
+    }
+}
+
+impl StatusInfo {
+    pub fn new(g: &Gathered) -> StatusInfo {
+        StatusInfo {
+            programs: g.programs.iter().map(|r| ProgramInfo::new(r, g.at)).collect(),
+            watches: g
+                .watches
+                .iter()
+                .map(|w| WatchInfo {
+                    name: w.name.clone(),
+                    path: w.path.display().to_string(),
+                    up: w.up,
+                    events: w.events().map(|(k, n)| (k.to_owned(), n)).collect(),
+                    overflows: w.overflows,
+                    errors: w.errors,
+                })
+                .collect(),
+        }
+    }
+}
 
 /// One program, formatted for people.
 pub struct ProgramRow {
     pub name: String,
-    pub state: &'static str,
+    pub state: String,
+    pub ready: &'static str,
     pub pid: String,
     pub uptime: String,
     pub cpu: String,
     pub memory: String,
     pub restarts: u64,
+    pub last_exit: String,
     pub command: String,
 }
 
 impl ProgramRow {
-    pub fn new(r: &ProgramReport, now: SystemTime) -> ProgramRow {
-        let pid = r
-            .status
-            .state
-            .run()
-            .map_or_else(|| "-".to_owned(), |(pid, _)| pid.to_string());
-        let up = r.status.state.run().is_some();
+    pub fn new(p: &ProgramInfo) -> ProgramRow {
+        let dash = || "-".to_owned();
         ProgramRow {
-            name: r.program.name.clone(),
-            state: r.status.state.label(),
-            pid,
-            uptime: if up {
-                human_duration(r.uptime(now))
+            name: p.name.clone(),
+            state: p.state.clone(),
+            ready: if p.ready { "yes" } else { "no" },
+            pid: p.pid.map_or_else(dash, |pid| pid.to_string()),
+            uptime: if p.pid.is_some() {
+                human_duration(Duration::from_secs_f64(p.uptime_seconds.max(0.0)))
             } else {
-                "-".to_owned()
+                dash()
             },
-            cpu: format!("{:.2}s", r.cpu_user_seconds + r.cpu_system_seconds),
-            memory: r.usage.map_or_else(|| "-".to_owned(), |u| human_bytes(u.rss_bytes)),
-            restarts: r.status.restarts,
-            command: r.status.config.command.join(" "),
+            cpu: format!("{:.2}s", p.cpu_user_seconds + p.cpu_system_seconds),
+            memory: p.memory_bytes.map_or_else(dash, human_bytes),
+            restarts: p.restarts,
+            last_exit: p
+                .last_exit
+                .as_ref()
+                .map_or_else(dash, |e| format!("{} ({})", e.code, e.reason)),
+            command: p.command.join(" "),
         }
     }
 }
@@ -78,21 +193,28 @@ pub fn human_bytes(b: u64) -> String {
 
 /// The report text: a table of programs, then one of watches.
 pub fn render(g: &Gathered) -> String {
-    let rows: Vec<ProgramRow> = g.programs.iter().map(|r| ProgramRow::new(r, g.at)).collect();
-    let up = g.programs.iter().filter(|r| r.status.state.run().is_some()).count();
+    render_info(&StatusInfo::new(g))
+}
+
+/// The same table from plain data (what `ctl status` prints).
+pub fn render_info(info: &StatusInfo) -> String {
+    let rows: Vec<ProgramRow> = info.programs.iter().map(ProgramRow::new).collect();
+    let up = info.programs.iter().filter(|p| p.pid.is_some()).count();
     let mut out = String::new();
     let _ = writeln!(
         out,
         "procwatch status: {} programs ({up} running), {} watches",
         rows.len(),
-        g.watches.len()
+        info.watches.len()
     );
     if !rows.is_empty() {
         let w = rows.iter().map(|r| r.name.len()).max().unwrap_or(4).max(4);
+        let sw = rows.iter().map(|r| r.state.len()).max().unwrap_or(5).max(8);
+        let ew = rows.iter().map(|r| r.last_exit.len()).max().unwrap_or(9).max(9);
         let _ = writeln!(
             out,
-            "  {:<w$}  {:<8}  {:>7}  {:>8}  {:>9}  {:>10}  {:>8}  COMMAND",
-            "NAME", "STATE", "PID", "UPTIME", "CPU", "MEMORY", "RESTARTS"
+            "  {:<w$}  {:<sw$}  {:<5}  {:>7}  {:>8}  {:>9}  {:>10}  {:>8}  {:<ew$}  COMMAND",
+            "NAME", "STATE", "READY", "PID", "UPTIME", "CPU", "MEMORY", "RESTARTS", "LAST EXIT"
         );
         for r in &rows {
             let mut cmd = r.command.clone();
@@ -103,24 +225,24 @@ pub fn render(g: &Gathered) -> String {
             }
             let _ = writeln!(
                 out,
-                "  {:<w$}  {:<8}  {:>7}  {:>8}  {:>9}  {:>10}  {:>8}  {cmd}",
-                r.name, r.state, r.pid, r.uptime, r.cpu, r.memory, r.restarts
+                "  {:<w$}  {:<sw$}  {:<5}  {:>7}  {:>8}  {:>9}  {:>10}  {:>8}  {:<ew$}  {cmd}",
+                r.name, r.state, r.ready, r.pid, r.uptime, r.cpu, r.memory, r.restarts, r.last_exit
             );
         }
     }
-    if !g.watches.is_empty() {
-        let w = g.watches.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
+    if !info.watches.is_empty() {
+        let w = info.watches.iter().map(|r| r.name.len()).max().unwrap_or(5).max(5);
         let _ = write!(out, "  {:<w$}  {:<5}", "WATCH", "STATE");
         for kind in crate::watch::KINDS {
             let _ = write!(out, "  {:>8}", kind.to_ascii_uppercase());
         }
         let _ = writeln!(out, "  {:>9}  PATH", "OVERFLOWS");
-        for r in &g.watches {
+        for r in &info.watches {
             let _ = write!(out, "  {:<w$}  {:<5}", r.name, if r.up { "up" } else { "down" });
-            for (_, n) in r.events() {
-                let _ = write!(out, "  {n:>8}");
+            for kind in crate::watch::KINDS {
+                let _ = write!(out, "  {:>8}", r.events.get(kind).copied().unwrap_or(0));
             }
-            let _ = writeln!(out, "  {:>9}  {}", r.overflows, r.path.display());
+            let _ = writeln!(out, "  {:>9}  {}", r.overflows, r.path);
         }
     }
     out

@@ -45,6 +45,7 @@ async fn run_serves_counts_and_stops_on_its_token() {
         enable_lifecycle: false,
         web_config: None,
         guardian: false,
+        control_socket: procwatch::http::SocketSetting::Off,
     };
     let listener = app::bind(&options, &config).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -2,8 +2,13 @@
 //! auth from the web config; bounded connections and header reads; concurrent scrapes
 //! collapsed into one.
 
+pub mod api;
+pub mod control_socket;
+mod landing;
 mod web_config;
 
+pub use api::Api;
+pub use control_socket::{ControlSocket, SocketSetting};
 pub use web_config::{WebConfig, WebConfigSource};
 
 use std::convert::Infallible;
@@ -25,7 +30,7 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::metrics::{self, Collector, Gathered};
+use crate::metrics::{self, Collector};
 
 /// At most this many connections are served at once; more wait in the kernel's backlog. High
 /// enough that hundreds of idle clients leave room for a real scrape; each idle one costs a
@@ -54,6 +59,20 @@ struct State {
     collector: Arc<Collector>,
     reload: mpsc::Sender<ReloadRequest>,
     scrape: tokio::sync::Mutex<ScrapeCache>,
+    api: Api,
+}
+
+impl State {
+    fn new(config: HttpConfig, collector: Arc<Collector>, reload: mpsc::Sender<ReloadRequest>, api: Api) -> State {
+        State {
+            config,
+            auth: web_config::Authenticator::default(),
+            collector,
+            reload,
+            scrape: tokio::sync::Mutex::new(ScrapeCache::default()),
+            api,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -72,15 +91,10 @@ pub async fn serve(
     config: HttpConfig,
     collector: Arc<Collector>,
     reload: mpsc::Sender<ReloadRequest>,
+    api: Api,
     shutdown: CancellationToken,
 ) {
-    let state = Arc::new(State {
-        config,
-        auth: web_config::Authenticator::default(),
-        collector,
-        reload,
-        scrape: tokio::sync::Mutex::new(ScrapeCache::default()),
-    });
+    let state = Arc::new(State::new(config, collector, reload, api));
     if let Some(web) = &state.config.web {
         tokio::spawn(Arc::clone(web).watch(shutdown.clone()));
     }
@@ -193,14 +207,23 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
             _ => text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n"),
         };
     }
+    if path.starts_with("/api/v1/") {
+        return api::route(state, req).await;
+    }
+    if method == Method::GET
+        && let Some(resp) = landing::asset(path)
+    {
+        return resp;
+    }
     match (path, method) {
-        ("/", &Method::GET) => {
-            let collector = Arc::clone(&state.collector);
-            match tokio::task::spawn_blocking(move || collector.gather()).await {
-                Ok(g) => html(landing_page(&g, &state.config.telemetry_path)),
-                Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "gather failed\n"),
-            }
-        }
+        ("/", &Method::GET) => match api::gathered(state).await {
+            Some(g) => landing::page(
+                &crate::status::StatusInfo::new(&g),
+                &state.config.telemetry_path,
+                state.config.enable_lifecycle,
+            ),
+            None => text(StatusCode::INTERNAL_SERVER_ERROR, "gather failed\n"),
+        },
         ("/-/healthy", &Method::GET) => text(StatusCode::OK, "procwatch is healthy.\n"),
         ("/-/ready", &Method::GET) => match state.config.ready.load(Ordering::Acquire) {
             true => text(StatusCode::OK, "procwatch is ready.\n"),
@@ -266,68 +289,4 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
-}
-
-fn html(body: String) -> Response<Body> {
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    resp.headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
-    resp
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
-fn landing_page(g: &Gathered, telemetry_path: &str) -> String {
-    use std::fmt::Write;
-    let mut s = String::with_capacity(4096);
-    let _ = write!(
-        s,
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>procwatch</title>\
-         <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}\
-         td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left}}</style></head><body>\
-         <h1>procwatch</h1><p>version {} &middot; <a href=\"{}\">Metrics</a></p><h2>Programs</h2>\
-         <table><tr><th>name</th><th>state</th><th>pid</th><th>uptime</th><th>cpu</th><th>memory</th><th>restarts</th><th>command</th></tr>",
-        env!("CARGO_PKG_VERSION"),
-        esc(telemetry_path)
-    );
-    for r in &g.programs {
-        let row = crate::status::ProgramRow::new(r, g.at);
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td></tr>",
-            esc(&row.name),
-            row.state,
-            row.pid,
-            row.uptime,
-            row.cpu,
-            row.memory,
-            row.restarts,
-            esc(&row.command)
-        );
-    }
-    s.push_str("</table><h2>Watches</h2><table><tr><th>name</th><th>path</th><th>state</th>");
-    for k in crate::watch::KINDS {
-        let _ = write!(s, "<th>{k}</th>");
-    }
-    s.push_str("<th>overflows</th><th>errors</th></tr>");
-    for w in &g.watches {
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td><code>{}</code></td><td>{}</td>",
-            esc(&w.name),
-            esc(&w.path.display().to_string()),
-            if w.up { "up" } else { "down" }
-        );
-        for (_, n) in w.events() {
-            let _ = write!(s, "<td>{n}</td>");
-        }
-        let _ = write!(s, "<td>{}</td><td>{}</td></tr>", w.overflows, w.errors);
-    }
-    s.push_str("</table></body></html>\n");
-    s
 }

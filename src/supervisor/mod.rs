@@ -5,6 +5,7 @@
 //! program's status without locks; nothing they do can delay a restart.
 
 mod backoff;
+mod control;
 mod guardian;
 pub mod identity;
 mod os;
@@ -16,12 +17,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ApplyReport, ProgramConfig};
 use crate::procfs;
 
+pub use control::{Action, Control, ControlError, Origin, Outcome};
 pub use guardian::{GUARDIAN_FLAG, guardian_main};
 
 #[derive(Debug, thiserror::Error)]
@@ -85,6 +88,9 @@ pub enum ProgramState {
     },
     /// Not running and not going to be started again (policy, or stopped).
     Stopped,
+    /// Stopped by an operator: the restart policy leaves it down until it is started by hand
+    /// or changed by a reload.
+    StoppedByHand,
 }
 
 impl ProgramState {
@@ -95,6 +101,7 @@ impl ProgramState {
             ProgramState::Stopping { .. } => "stopping",
             ProgramState::BackingOff { .. } => "backoff",
             ProgramState::Stopped => "stopped",
+            ProgramState::StoppedByHand => "stopped-by-hand",
         }
     }
 
@@ -116,6 +123,8 @@ pub struct ProgramStatus {
     /// Runs ended, by reason, indexed by [`ExitReason::index`].
     pub exits: [u64; 3],
     pub last_exit: Option<Exit>,
+    /// Actions taken by hand, indexed by [`Action::index`].
+    pub control_actions: [u64; 4],
 }
 
 /// A supervised program, kept by name across reloads so its counters go on.
@@ -138,6 +147,7 @@ impl Program {
                 restarts: 0,
                 exits: [0; 3],
                 last_exit: None,
+                control_actions: [0; 4],
             }),
             reaped_user_us: AtomicU64::new(0),
             reaped_system_us: AtomicU64::new(0),
@@ -174,12 +184,15 @@ struct Runner {
     config: Arc<ProgramConfig>,
     stop: CancellationToken,
     task: JoinHandle<()>,
+    commands: mpsc::Sender<control::Request>,
 }
 
 pub struct Supervisor {
     os: Arc<os::Os>,
     published: Arc<ArcSwap<Vec<Arc<Program>>>>,
     runners: HashMap<String, Runner>,
+    /// Each runner's command sender by name, republished by `apply`.
+    commands: control::Senders,
 }
 
 impl Supervisor {
@@ -191,11 +204,17 @@ impl Supervisor {
             os: os::Os::start(guardian).map_err(SupervisorError::Start)?,
             published: Arc::new(ArcSwap::from_pointee(Vec::new())),
             runners: HashMap::new(),
+            commands: Arc::default(),
         })
     }
 
     pub fn view(&self) -> SupervisorView {
         SupervisorView(Arc::clone(&self.published))
+    }
+
+    /// The handle that sends commands (start, stop, restart, signal) to programs by name.
+    pub fn control(&self) -> Control {
+        Control(Arc::clone(&self.commands))
     }
 
     /// Makes the running set match `configs`, by name: unchanged programs are left alone,
@@ -230,17 +249,33 @@ impl Supervisor {
             if !self.runners.contains_key(&config.name) {
                 let config = Arc::new(config.clone());
                 let stop = CancellationToken::new();
+                let (commands, requests) = mpsc::channel(control::QUEUE);
                 let task = runner::spawn(
                     Arc::clone(&self.os),
                     Arc::clone(&program),
                     Arc::clone(&config),
                     stop.clone(),
+                    requests,
                 );
-                self.runners.insert(config.name.clone(), Runner { config, stop, task });
+                self.runners.insert(
+                    config.name.clone(),
+                    Runner {
+                        config,
+                        stop,
+                        task,
+                        commands,
+                    },
+                );
             }
             list.push(program);
         }
         self.published.store(Arc::new(list));
+        self.commands.store(Arc::new(
+            self.runners
+                .iter()
+                .map(|(name, r)| (name.clone(), r.commands.clone()))
+                .collect(),
+        ));
         report
     }
 
@@ -250,6 +285,7 @@ impl Supervisor {
         for runner in self.runners.values() {
             runner.stop.cancel();
         }
+        self.commands.store(Arc::default());
         let tasks: Vec<_> = self.runners.drain().map(|(_, r)| r.task).collect();
         let all = async {
             for t in tasks {

@@ -10,8 +10,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::backoff::Backoff;
+use super::control::{Reply, Request};
 use super::os::{self, Entry, Os, OsEvent};
-use super::{Exit, ExitReason, Program, ProgramState, ProgramStatus};
+use super::{Action, ControlError, Exit, ExitReason, Origin, Outcome, Program, ProgramState, ProgramStatus};
 use crate::config::{ProgramConfig, RestartPolicy};
 use crate::procfs;
 
@@ -26,6 +27,7 @@ pub(super) fn spawn(
     program: Arc<Program>,
     config: Arc<ProgramConfig>,
     stop: CancellationToken,
+    commands: mpsc::Receiver<Request>,
 ) -> JoinHandle<()> {
     let (events_tx, events) = mpsc::unbounded_channel();
     let status = ProgramStatus::clone(&program.status());
@@ -39,6 +41,7 @@ pub(super) fn spawn(
         backoff: Backoff::new(config.backoff),
         status: ProgramStatus { config, ..status },
         stop,
+        commands,
     };
     tokio::spawn(runner.run())
 }
@@ -51,11 +54,32 @@ struct Runner {
     /// The runner's own copy; published after every change.
     status: ProgramStatus,
     stop: CancellationToken,
+    /// Operator (and probe, and on_change) commands; read between the steps of the loop.
+    commands: mpsc::Receiver<Request>,
 }
 
 enum RunEnd {
     Exited(Exit),
+    /// procwatch stops it (shutdown, or a reload that removes or changes it).
     Stopped,
+    /// Stopped by a command: hold it down until told otherwise.
+    Held,
+    /// Restarted by a command: start again at once, then answer.
+    StartAgain(Pending),
+}
+
+/// A start or restart by command, answered once the new process is spawned.
+struct Pending {
+    reply: Reply,
+    before: Option<i32>,
+}
+
+/// How a wait while down (backoff, or stopped) ended.
+enum Wake {
+    /// Start now; `Some` when a command asked, `None` when the backoff elapsed.
+    Start(Option<Pending>),
+    /// The stop token.
+    Stop,
 }
 
 impl Runner {
@@ -73,12 +97,37 @@ impl Runner {
         self.status.last_exit = Some(exit);
     }
 
+    /// Counts an operator's action (published with the next state change, which every action
+    /// makes or follows at once) and logs it.
+    fn took(&mut self, action: Action, origin: Origin) {
+        if origin == Origin::Hand {
+            self.status.control_actions[action.index()] += 1;
+            // A start by hand begins a fresh backoff sequence, as systemd's reset-failed does.
+            if matches!(action, Action::Start | Action::Restart) {
+                self.backoff = Backoff::new(self.status.config.backoff);
+            }
+        }
+        info!(program = self.name(), action = action.as_str(), origin = ?origin, "command");
+    }
+
     async fn run(mut self) {
+        let mut pending = None;
         loop {
             self.publish(ProgramState::Starting);
             let started = Instant::now();
-            let exit = match self.run_once().await {
+            let exit = match self.run_once(pending.take()).await {
                 RunEnd::Stopped => break,
+                RunEnd::StartAgain(p) => {
+                    pending = Some(p);
+                    continue;
+                }
+                RunEnd::Held => match self.held(ProgramState::StoppedByHand).await {
+                    Wake::Start(p) => {
+                        pending = p;
+                        continue;
+                    }
+                    Wake::Stop => return,
+                },
                 RunEnd::Exited(exit) => exit,
             };
             let restart = match self.status.config.restart {
@@ -93,28 +142,93 @@ impl Runner {
                     "program ended; not restarting (restart: {})",
                     self.status.config.restart
                 );
-                self.publish(ProgramState::Stopped);
-                self.stop.cancelled().await;
-                return;
+                match self.held(ProgramState::Stopped).await {
+                    Wake::Start(p) => {
+                        pending = p;
+                        continue;
+                    }
+                    Wake::Stop => return,
+                }
             }
             let delay = self.backoff.next_delay(started.elapsed());
-            self.publish(ProgramState::BackingOff {
-                until: SystemTime::now() + delay,
-            });
             if !delay.is_zero() {
                 info!(program = self.name(), code = exit.code, delay = ?delay, "restarting after backoff");
             }
-            tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
-                _ = self.stop.cancelled() => break,
+            match self.backing_off(delay).await {
+                Wake::Start(None) => self.status.restarts += 1,
+                // Started by hand: not a policy restart.
+                Wake::Start(p) => pending = p,
+                Wake::Stop => break,
             }
-            self.status.restarts += 1;
         }
         self.publish(ProgramState::Stopped);
     }
 
-    /// One run: start, wait for the exit (or a stop), clean up the group.
-    async fn run_once(&mut self) -> RunEnd {
+    /// Down until the backoff delay elapses, answering commands meanwhile: a start or restart
+    /// starts it now, a stop holds it down.
+    async fn backing_off(&mut self, delay: Duration) -> Wake {
+        let until = tokio::time::Instant::now() + delay;
+        self.publish(ProgramState::BackingOff {
+            until: SystemTime::now() + delay,
+        });
+        loop {
+            let req = tokio::select! {
+                _ = tokio::time::sleep_until(until) => return Wake::Start(None),
+                _ = self.stop.cancelled() => return Wake::Stop,
+                Some(req) = self.commands.recv() => req,
+            };
+            match req.action {
+                Action::Start | Action::Restart => return self.start_by(req),
+                Action::Stop => {
+                    self.took(req.action, req.origin);
+                    let _ = req.reply.send(Ok(Outcome::default()));
+                    return self.held(ProgramState::StoppedByHand).await;
+                }
+                Action::Signal(_) => {
+                    let _ = req.reply.send(Err(ControlError::NotRunning(self.name().to_owned())));
+                }
+            }
+        }
+    }
+
+    /// Down in `state` (stopped by policy or by hand) until a start or restart command.
+    async fn held(&mut self, state: ProgramState) -> Wake {
+        self.publish(state);
+        loop {
+            let req = tokio::select! {
+                _ = self.stop.cancelled() => return Wake::Stop,
+                Some(req) = self.commands.recv() => req,
+            };
+            match req.action {
+                Action::Start | Action::Restart => return self.start_by(req),
+                Action::Stop => {
+                    self.took(req.action, req.origin);
+                    if req.origin == Origin::Hand {
+                        self.publish(ProgramState::StoppedByHand);
+                    }
+                    let _ = req.reply.send(Ok(Outcome::default()));
+                }
+                Action::Signal(_) => {
+                    let _ = req.reply.send(Err(ControlError::NotRunning(self.name().to_owned())));
+                }
+            }
+        }
+    }
+
+    /// A start or restart command while down.
+    fn start_by(&mut self, req: Request) -> Wake {
+        self.took(req.action, req.origin);
+        if req.origin == Origin::Policy {
+            self.status.restarts += 1;
+        }
+        Wake::Start(Some(Pending {
+            reply: req.reply,
+            before: None,
+        }))
+    }
+
+    /// One run: start, wait for the exit (or a stop, or a command), clean up the group.
+    async fn run_once(&mut self, pending: Option<Pending>) -> RunEnd {
         if self.stop.is_cancelled() {
             return RunEnd::Stopped;
         }
@@ -134,6 +248,12 @@ impl Runner {
                     error = %err,
                     "cannot start program"
                 );
+                if let Some(p) = pending {
+                    let _ = p.reply.send(Err(ControlError::StartFailed {
+                        name: self.name().to_owned(),
+                        message: err.to_string(),
+                    }));
+                }
                 let exit = Exit {
                     reason: ExitReason::Failure,
                     code,
@@ -145,40 +265,100 @@ impl Runner {
         let since = SystemTime::now();
         info!(program = self.name(), pid, "started");
         self.publish(ProgramState::Running { pid, since });
+        if let Some(p) = pending {
+            let _ = p.reply.send(Ok(Outcome {
+                before: p.before,
+                after: Some(pid),
+            }));
+        }
 
-        let main_exit = tokio::select! {
-            exit = wait_main(&mut self.events) => Some(exit),
-            _ = self.stop.cancelled() => None,
-        };
-        match main_exit {
-            Some(exit) => {
-                self.record_exit(exit);
-                self.publish(ProgramState::BackingOff {
-                    until: SystemTime::now(),
-                });
-                // A run is over when its main process ends; what it left in its group goes too.
-                if os::group_alive(pid) {
-                    self.stop_group(pid, &mut None).await;
+        loop {
+            let req = tokio::select! {
+                exit = wait_main(&mut self.events) => return self.exited(pid, exit).await,
+                _ = self.stop.cancelled() => {
+                    self.stop_run(pid, since).await;
+                    return RunEnd::Stopped;
                 }
-                self.os.forget_group(pid);
-                info!(
-                    program = self.name(),
-                    pid,
-                    code = exit.code,
-                    reason = exit.reason.as_str(),
-                    "exited"
-                );
-                RunEnd::Exited(exit)
-            }
-            None => {
-                self.publish(ProgramState::Stopping { pid, since });
-                let mut main = Some(pid);
-                self.stop_group(pid, &mut main).await;
-                self.os.forget_group(pid);
-                info!(program = self.name(), pid, "stopped");
-                RunEnd::Stopped
+                Some(req) = self.commands.recv() => req,
+            };
+            let running = Outcome {
+                before: Some(pid),
+                after: Some(pid),
+            };
+            match req.action {
+                Action::Start => {
+                    self.took(req.action, req.origin);
+                    let _ = req.reply.send(Ok(running));
+                }
+                Action::Signal(signal) => {
+                    if os::signal_group(pid, signal) {
+                        self.took(req.action, req.origin);
+                        let _ = req.reply.send(Ok(running));
+                    } else {
+                        let _ = req.reply.send(Err(ControlError::NotRunning(self.name().to_owned())));
+                    }
+                }
+                Action::Stop => {
+                    self.took(req.action, req.origin);
+                    self.stop_run(pid, since).await;
+                    let _ = req.reply.send(Ok(Outcome {
+                        before: Some(pid),
+                        after: None,
+                    }));
+                    return RunEnd::Held;
+                }
+                Action::Restart => {
+                    self.took(req.action, req.origin);
+                    self.stop_run(pid, since).await;
+                    if req.origin == Origin::Policy {
+                        // Through the restart policy, with backoff, counted as a restart.
+                        let _ = req.reply.send(Ok(Outcome {
+                            before: Some(pid),
+                            after: None,
+                        }));
+                        let exit = self.status.last_exit.unwrap_or(Exit {
+                            reason: ExitReason::Signal,
+                            code: 128 + libc::SIGKILL,
+                        });
+                        return RunEnd::Exited(exit);
+                    }
+                    return RunEnd::StartAgain(Pending {
+                        reply: req.reply,
+                        before: Some(pid),
+                    });
+                }
             }
         }
+    }
+
+    /// The main process ended by itself.
+    async fn exited(&mut self, pid: i32, exit: Exit) -> RunEnd {
+        self.record_exit(exit);
+        self.publish(ProgramState::BackingOff {
+            until: SystemTime::now(),
+        });
+        // A run is over when its main process ends; what it left in its group goes too.
+        if os::group_alive(pid) {
+            self.stop_group(pid, &mut None).await;
+        }
+        self.os.forget_group(pid);
+        info!(
+            program = self.name(),
+            pid,
+            code = exit.code,
+            reason = exit.reason.as_str(),
+            "exited"
+        );
+        RunEnd::Exited(exit)
+    }
+
+    /// Stops the running main process and its group (stop signal, grace, SIGKILL).
+    async fn stop_run(&mut self, pid: i32, since: SystemTime) {
+        self.publish(ProgramState::Stopping { pid, since });
+        let mut main = Some(pid);
+        self.stop_group(pid, &mut main).await;
+        self.os.forget_group(pid);
+        info!(program = self.name(), pid, "stopped");
     }
 
     /// Stop signal to the group, then SIGKILL after stop_timeout; returns once the group is

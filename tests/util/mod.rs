@@ -201,6 +201,8 @@ impl Procwatch {
         cmd.args(["--log.level", "debug"])
             .current_dir(dir.path())
             .env(MARKER_VAR, marker)
+            // The control socket's default path: this test's own directory.
+            .env("RUNTIME_DIRECTORY", dir.path())
             .stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr);
@@ -274,6 +276,19 @@ impl Procwatch {
     pub fn stop(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
         self.wait_exit(Duration::from_secs(30))
+    }
+
+    /// The control socket at its default path (RUNTIME_DIRECTORY is the test's directory).
+    pub fn socket(&self) -> PathBuf {
+        self.path("procwatch.sock")
+    }
+
+    /// `procwatch ctl --socket <this one's socket> ARGS`: (exit code, stdout, stderr).
+    pub fn ctl(&self, args: &[&str]) -> (i32, String, String) {
+        let socket = self.socket();
+        let mut all = vec!["ctl", "--socket", socket.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        ctl_with(&all, &[])
     }
 
     pub fn write_config(&self, yaml: &str) {
@@ -356,6 +371,21 @@ pub fn run_to_end(args: &[&str], cwd: &Path, marker: &str) -> (i32, String, Stri
         .stdin(Stdio::null())
         .output()
         .expect("run procwatch");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Runs `procwatch ARGS` (a `ctl` command) with extra environment: (exit code, stdout, stderr).
+pub fn ctl_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .output()
+        .expect("run procwatch ctl");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -1,0 +1,138 @@
+// procwatch landing page: refreshes the programs table from the API every few seconds, shows
+// a program's last output lines on demand and, where lifecycle is enabled, calls the API's
+// start/stop/restart. Same-origin only; no inline code, so a strict CSP holds.
+"use strict";
+
+(function () {
+  const REFRESH_MS = 2000;
+  const lifecycle = document.body.dataset.lifecycle === "true";
+  let logsFor = null;
+
+  function duration(s) {
+    s = Math.floor(s);
+    const d = Math.floor(s / 86400), h = Math.floor(s / 3600) % 24, m = Math.floor(s / 60) % 60, sec = s % 60;
+    const two = (n) => String(n).padStart(2, "0");
+    if (d > 0) return d + "d" + h + "h";
+    if (h > 0) return h + "h" + two(m) + "m";
+    if (m > 0) return m + "m" + two(sec) + "s";
+    return sec + "s";
+  }
+
+  function bytes(b) {
+    const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let v = b, u = 0;
+    while (v >= 1024 && u < units.length - 1) { v /= 1024; u++; }
+    return u === 0 ? b + " B" : v.toFixed(1) + " " + units[u];
+  }
+
+  function cell(text, cls) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (cls) td.className = cls;
+    return td;
+  }
+
+  function button(name, action) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = action;
+    b.dataset.name = name;
+    b.dataset.action = action;
+    b.className = "action " + action;
+    return b;
+  }
+
+  function row(p) {
+    const tr = document.createElement("tr");
+    tr.dataset.name = p.name;
+    tr.appendChild(cell(p.name, "name"));
+    tr.appendChild(cell(p.state, "state " + p.state));
+    tr.appendChild(cell(p.ready ? "yes" : "no", "ready"));
+    tr.appendChild(cell(p.pid === null ? "-" : String(p.pid), "pid"));
+    tr.appendChild(cell(p.pid === null ? "-" : duration(p.uptime_seconds), "uptime"));
+    tr.appendChild(cell((p.cpu_user_seconds + p.cpu_system_seconds).toFixed(2) + "s", "cpu"));
+    tr.appendChild(cell(p.memory_bytes === null ? "-" : bytes(p.memory_bytes), "memory"));
+    tr.appendChild(cell(String(p.restarts), "restarts"));
+    tr.appendChild(cell(p.last_exit ? p.last_exit.code + " (" + p.last_exit.reason + ")" : "-", "last-exit"));
+    const cmd = cell("", "command");
+    const code = document.createElement("code");
+    code.textContent = p.command.join(" ");
+    cmd.appendChild(code);
+    tr.appendChild(cmd);
+    const actions = cell("", "actions");
+    actions.appendChild(button(p.name, "logs"));
+    if (lifecycle) {
+      for (const a of ["start", "stop", "restart"]) actions.appendChild(button(p.name, a));
+    }
+    tr.appendChild(actions);
+    return tr;
+  }
+
+  function status(text, isError) {
+    const el = document.getElementById("updated");
+    el.textContent = text;
+    el.className = isError ? "error" : "";
+  }
+
+  async function refresh() {
+    try {
+      const resp = await fetch("api/v1/programs", { cache: "no-store" });
+      if (!resp.ok) throw new Error("HTTP " + resp.status);
+      const data = await resp.json();
+      const tbody = document.querySelector("#programs tbody");
+      const rows = data.programs.map(row);
+      tbody.replaceChildren(...rows);
+      status("updated " + new Date().toLocaleTimeString(), false);
+      document.body.dataset.refreshed = String((Number(document.body.dataset.refreshed) || 0) + 1);
+    } catch (e) {
+      status("update failed: " + e.message, true);
+    }
+    if (logsFor !== null) showLogs(logsFor);
+  }
+
+  async function showLogs(name) {
+    logsFor = name;
+    const section = document.getElementById("logs");
+    section.hidden = false;
+    document.getElementById("logs-name").textContent = name;
+    const note = document.getElementById("logs-note");
+    const pre = document.getElementById("logs-lines");
+    try {
+      const resp = await fetch("api/v1/programs/" + encodeURIComponent(name) + "/logs?lines=100", { cache: "no-store" });
+      const data = await resp.json();
+      if (!resp.ok) throw new Error(data.error || "HTTP " + resp.status);
+      note.textContent = data.captured ? data.lines.length + " last lines" : "output is not captured for this program";
+      pre.replaceChildren(...data.lines.map((l) => {
+        const span = document.createElement("span");
+        span.className = l.stream;
+        span.textContent = l.text + "\n";
+        return span;
+      }));
+    } catch (e) {
+      note.textContent = "cannot read the output: " + e.message;
+    }
+  }
+
+  async function act(name, action) {
+    try {
+      const resp = await fetch("api/v1/programs/" + encodeURIComponent(name) + "/" + action, { method: "POST" });
+      if (!resp.ok) {
+        const data = await resp.json().catch(() => ({}));
+        status(action + " " + name + " failed: " + (data.error || "HTTP " + resp.status), true);
+      }
+    } catch (e) {
+      status(action + " " + name + " failed: " + e.message, true);
+    }
+    refresh();
+  }
+
+  document.addEventListener("click", (ev) => {
+    const b = ev.target.closest("button.action");
+    if (!b) return;
+    if (b.dataset.action === "logs") showLogs(b.dataset.name);
+    else act(b.dataset.name, b.dataset.action);
+  });
+
+  refresh();
+  setInterval(refresh, REFRESH_MS);
+})();
