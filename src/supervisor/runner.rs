@@ -167,35 +167,30 @@ impl Runner {
     /// Down until the backoff delay elapses, answering commands meanwhile: a start or restart
     /// starts it now, a stop holds it down.
     async fn backing_off(&mut self, delay: Duration) -> Wake {
-        let until = tokio::time::Instant::now() + delay;
-        self.publish(ProgramState::BackingOff {
+        let state = ProgramState::BackingOff {
             until: SystemTime::now() + delay,
-        });
-        loop {
-            let req = tokio::select! {
-                _ = tokio::time::sleep_until(until) => return Wake::Start(None),
-                _ = self.stop.cancelled() => return Wake::Stop,
-                Some(req) = self.commands.recv() => req,
-            };
-            match req.action {
-                Action::Start | Action::Restart => return self.start_by(req),
-                Action::Stop => {
-                    self.took(req.action, req.origin);
-                    let _ = req.reply.send(Ok(Outcome::default()));
-                    return self.held(ProgramState::StoppedByHand).await;
-                }
-                Action::Signal(_) => {
-                    let _ = req.reply.send(Err(ControlError::NotRunning(self.name().to_owned())));
-                }
-            }
-        }
+        };
+        self.down(state, Some(tokio::time::Instant::now() + delay)).await
     }
 
-    /// Down in `state` (stopped by policy or by hand) until a start or restart command.
+    /// Down in `state` (backing off until `until`, or stopped by policy or by hand) until the
+    /// deadline, or a start or restart command. A stop by hand makes it "stopped by hand" and
+    /// drops the deadline.
     async fn held(&mut self, state: ProgramState) -> Wake {
+        self.down(state, None).await
+    }
+
+    async fn down(&mut self, state: ProgramState, mut until: Option<tokio::time::Instant>) -> Wake {
         self.publish(state);
         loop {
+            let deadline = async {
+                match until {
+                    Some(t) => tokio::time::sleep_until(t).await,
+                    None => std::future::pending().await,
+                }
+            };
             let req = tokio::select! {
+                _ = deadline => return Wake::Start(None),
                 _ = self.stop.cancelled() => return Wake::Stop,
                 Some(req) = self.commands.recv() => req,
             };
@@ -203,7 +198,8 @@ impl Runner {
                 Action::Start | Action::Restart => return self.start_by(req),
                 Action::Stop => {
                     self.took(req.action, req.origin);
-                    if req.origin == Origin::Hand {
+                    if req.origin == Origin::Hand || until.is_some() {
+                        until = None;
                         self.publish(ProgramState::StoppedByHand);
                     }
                     let _ = req.reply.send(Ok(Outcome::default()));
