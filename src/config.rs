@@ -1805,6 +1805,22 @@ mod tests {
             ]
         );
         assert_eq!(parse_env_file("A=1\nnot a line\n").unwrap_err().0, 2);
+        // Later lines and later files win.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("1.env"), "A=1\nB=1\nA=one\n").unwrap();
+        std::fs::write(dir.path().join("2.env"), "B=2\n").unwrap();
+        let main = dir.path().join("main.yaml");
+        let c = Config::parse(
+            "processes:\n  - name: a\n    command: [x]\n    env_file: [1.env, 2.env, -3.env]\n",
+            main.to_str().unwrap(),
+        )
+        .unwrap();
+        let env: Vec<(&str, &str)> = c.processes[0]
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(env, [("A", "one"), ("B", "2")]);
         let (line, col, msg) = parse_env_file("A=1\n  B=\"open\n").unwrap_err();
         assert_eq!((line, col), (2, 5));
         assert!(msg.contains("not closed"), "{msg}");
