@@ -15,7 +15,7 @@ use tracing::{error, info, warn};
 
 use crate::config::{Config, ConfigError};
 use crate::http::{self, Api, ControlSocket, HttpConfig, ReloadRequest, SocketSetting, WebConfigSource};
-use crate::metrics::{Collector, ReloadStatus};
+use crate::metrics::{Collector, Groups, ReloadStatus};
 use crate::status;
 use crate::supervisor::{Supervisor, SupervisorError};
 use crate::watch::Watches;
@@ -35,6 +35,8 @@ pub struct Options {
     pub guardian: bool,
     /// `--control.socket`.
     pub control_socket: SocketSetting,
+    /// The optional groups of metric families that are on (`--no-collector.GROUP`).
+    pub collectors: Groups,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,11 +161,9 @@ pub async fn run(
     // scrape, while the programs are still starting.
     reload_status.record(true);
     let ready = Arc::new(AtomicBool::new(false));
-    let collector = Arc::new(Collector::new(
-        supervisor.view(),
-        watches.view(),
-        Arc::clone(&reload_status),
-    ));
+    let collector = Arc::new(
+        Collector::new(supervisor.view(), watches.view(), Arc::clone(&reload_status)).with_groups(options.collectors),
+    );
 
     if let Ok(addr) = listener.local_addr() {
         info!(version = env!("CARGO_PKG_VERSION"), %addr, config = %config.source_name(), "procwatch starting");

@@ -4,10 +4,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, ValueEnum};
 use procwatch::app::{self, Options};
 use procwatch::config::{Config, format_duration};
 use procwatch::http::{SocketSetting, WebConfigSource};
+use procwatch::metrics::{Group, Groups};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -46,6 +47,57 @@ struct Cli {
     /// Validate the config, print what would run, and exit 0 (valid) or 1.
     #[arg(long = "check-config")]
     check_config: bool,
+    #[command(flatten)]
+    collectors: CollectorFlags,
+}
+
+/// `--no-collector.GROUP`, as node_exporter names them: each turns one optional group of
+/// metric families off (see metrics::Group).
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Collectors")]
+struct CollectorFlags {
+    /// Leave out read_bytes_total and write_bytes_total (/proc/PID/io).
+    #[arg(long = "no-collector.io")]
+    io: bool,
+    /// Leave out major_page_faults_total and minor_page_faults_total.
+    #[arg(long = "no-collector.faults")]
+    faults: bool,
+    /// Leave out context_switches_total (/proc/PID/status).
+    #[arg(long = "no-collector.ctxswitch")]
+    ctxswitch: bool,
+    /// Leave out swap_bytes (/proc/PID/status).
+    #[arg(long = "no-collector.memory")]
+    memory: bool,
+    /// Leave out the cgroup families (memory, OOM kills).
+    #[arg(long = "no-collector.cgroup")]
+    cgroup: bool,
+    /// Leave out the pressure (PSI) families.
+    #[arg(long = "no-collector.pressure")]
+    pressure: bool,
+    /// Leave out the captured-output families.
+    #[arg(long = "no-collector.logs")]
+    logs: bool,
+    /// Leave out the probe families.
+    #[arg(long = "no-collector.probes")]
+    probes: bool,
+}
+
+impl CollectorFlags {
+    fn groups(&self) -> Groups {
+        let off = [
+            (self.io, Group::Io),
+            (self.faults, Group::Faults),
+            (self.ctxswitch, Group::Ctxswitch),
+            (self.memory, Group::Memory),
+            (self.cgroup, Group::Cgroup),
+            (self.pressure, Group::Pressure),
+            (self.logs, Group::Logs),
+            (self.probes, Group::Probes),
+        ];
+        off.into_iter()
+            .filter(|(off, _)| *off)
+            .fold(Groups::all(), |groups, (_, group)| groups.without(group))
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -182,6 +234,7 @@ fn main() -> ExitCode {
         web_config,
         guardian: true,
         control_socket: SocketSetting::from_flag(cli.control_socket.as_deref()),
+        collectors: cli.collectors.groups(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

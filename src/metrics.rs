@@ -30,7 +30,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::procfs::{self, SelfUsage, TreeUsage};
-use crate::supervisor::{Action, ExitReason, Program, ProgramState, ProgramStatus, SupervisorView};
+use crate::supervisor::{Action, ExitReason, Program, ProgramState, ProgramStatus, Reaped, SupervisorView};
 use crate::watch::{WatchReport, WatchView};
 
 /// The Content-Type of the text exposition format.
@@ -71,6 +71,55 @@ pub struct ProgramReport {
     pub usage: Option<TreeUsage>,
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
+    /// Counters of the live tree plus what procwatch reaped, never below a value reported before.
+    pub counters: Counters,
+    /// The main process's soft RLIMIT_NOFILE; `None` while down.
+    pub max_fds: Option<u64>,
+}
+
+/// A program's counters beyond CPU: the live tree (whose figures include the children each
+/// process waited for) plus the processes procwatch reaped itself (wait4 rusage).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub voluntary_ctxt_switches: u64,
+    pub nonvoluntary_ctxt_switches: u64,
+}
+
+impl Counters {
+    fn sum(live: &TreeUsage, reaped: &Reaped) -> Counters {
+        Counters {
+            minor_faults: live.minor_faults + reaped.minor_faults,
+            major_faults: live.major_faults + reaped.major_faults,
+            read_bytes: live.read_bytes + reaped.read_bytes,
+            write_bytes: live.write_bytes + reaped.write_bytes,
+            voluntary_ctxt_switches: live.voluntary_ctxt_switches + reaped.voluntary_ctxt_switches,
+            nonvoluntary_ctxt_switches: live.nonvoluntary_ctxt_switches + reaped.nonvoluntary_ctxt_switches,
+        }
+    }
+
+    /// Each counter at the higher of the two: a counter never goes down.
+    fn max(self, o: Counters) -> Counters {
+        Counters {
+            minor_faults: self.minor_faults.max(o.minor_faults),
+            major_faults: self.major_faults.max(o.major_faults),
+            read_bytes: self.read_bytes.max(o.read_bytes),
+            write_bytes: self.write_bytes.max(o.write_bytes),
+            voluntary_ctxt_switches: self.voluntary_ctxt_switches.max(o.voluntary_ctxt_switches),
+            nonvoluntary_ctxt_switches: self.nonvoluntary_ctxt_switches.max(o.nonvoluntary_ctxt_switches),
+        }
+    }
+}
+
+/// The highest values reported for one program.
+#[derive(Debug, Clone, Copy, Default)]
+struct HighWater {
+    cpu_user: f64,
+    cpu_system: f64,
+    counters: Counters,
 }
 
 impl ProgramReport {
@@ -101,27 +150,51 @@ pub struct Collector {
     supervisor: SupervisorView,
     watches: WatchView,
     reload: Arc<ReloadStatus>,
-    /// Highest CPU reported per program: a counter must never go down, even when a process
-    /// is between "left the live tree" and "reaped" during a scrape. Held only for the update.
-    reported_cpu: Mutex<HashMap<String, (f64, f64)>>,
+    /// Highest counters reported per program: a counter must never go down, even when a
+    /// process is between "left the live tree" and "reaped" during a scrape. Held only for
+    /// the update.
+    reported: Mutex<HashMap<String, HighWater>>,
     groups: Groups,
+    /// Keeps every process's /proc files open between scrapes; one pass at a time.
+    reader: Mutex<procfs::Reader>,
+}
+
+/// The per-process files the groups in `groups` need beyond stat.
+fn want(groups: Groups) -> procfs::Want {
+    procfs::Want {
+        status: groups.on(Group::Ctxswitch) || groups.on(Group::Memory),
+        io: groups.on(Group::Io) && procfs::sys().has_io,
+    }
 }
 
 impl Collector {
     pub fn new(supervisor: SupervisorView, watches: WatchView, reload: Arc<ReloadStatus>) -> Collector {
+        // Kept /proc files take fds: up to 5 per process (see the README).
+        let (before, after) = procfs::raise_nofile_limit();
+        if after > before {
+            tracing::debug!(before, after, "raised the soft limit on open files");
+        }
         Collector {
             supervisor,
             watches,
             reload,
-            reported_cpu: Mutex::new(HashMap::new()),
+            reported: Mutex::new(HashMap::new()),
             groups: Groups::all(),
+            reader: Mutex::new(procfs::Reader::keeping(want(Groups::all()))),
         }
     }
 
-    /// Turns optional groups of families off (`--no-collector.GROUP`).
+    /// Turns optional groups of families off (`--no-collector.GROUP`): their files are
+    /// neither opened nor read.
     pub fn with_groups(mut self, groups: Groups) -> Collector {
         self.groups = groups;
+        self.reader = Mutex::new(procfs::Reader::keeping(want(groups)));
         self
+    }
+
+    /// fds held open for programs' /proc files.
+    pub fn kept_fds(&self) -> usize {
+        self.reader.lock().unwrap_or_else(|e| e.into_inner()).kept_fds()
     }
 
     pub fn groups(&self) -> Groups {
@@ -135,8 +208,11 @@ impl Collector {
         // Reaped CPU is read before the live trees: a process that moves from one to the other
         // in between is missed once (and the high-water mark hides the dip), never counted twice.
         let reaped: Vec<(Duration, Duration)> = programs.iter().map(|p| p.reaped_cpu()).collect();
+        let reaped_usage: Vec<Reaped> = programs.iter().map(|p| p.reaped_usage()).collect();
 
-        let mut reader = procfs::Reader::default();
+        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
+        let reader = &mut *reader;
+        reader.begin_pass();
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
         let run_index: HashMap<i32, usize> = statuses
@@ -145,12 +221,14 @@ impl Collector {
             .filter_map(|(i, s)| s.state.run().map(|(pid, _)| (pid, i)))
             .collect();
         let mut usages: Vec<Option<TreeUsage>> = vec![None; programs.len()];
+        let mut max_fds: Vec<Option<u64>> = vec![None; programs.len()];
         let mut walk = procfs::TreeWalk::default();
         for (i, status) in statuses.iter().enumerate() {
             let Some((pid, _)) = status.state.run() else { continue };
             // The main process is procwatch's child until reaped; anything else is a reused PID.
             match reader.stat(pid) {
                 Some(st) if st.ppid == me => {
+                    max_fds[i] = reader.max_fds(pid);
                     let usage = usages[i].get_or_insert_default();
                     reader.tree_from(st, usage, &mut walk);
                 }
@@ -159,7 +237,7 @@ impl Collector {
         }
         // Orphans re-parented to procwatch still belong to the run whose session they are in.
         let mut children = Vec::new();
-        procfs::own_children(&mut reader, &mut children);
+        procfs::own_children(reader, &mut children);
         for pid in children {
             if run_index.contains_key(&pid) || walk.seen(pid) {
                 continue;
@@ -173,7 +251,9 @@ impl Collector {
         }
 
         let clk = procfs::sys().clk_tck as f64;
-        let mut reported = self.reported_cpu.lock().unwrap_or_else(|e| e.into_inner());
+        let own = procfs::self_usage(reader);
+        reader.end_pass();
+        let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         let mut reports = Vec::with_capacity(programs.len());
         for (i, (program, status)) in programs.iter().zip(statuses).enumerate() {
             let usage = usages[i];
@@ -182,17 +262,20 @@ impl Collector {
             let user = ru.as_secs_f64() + live.user_ticks as f64 / clk;
             let system = rs.as_secs_f64() + live.system_ticks as f64 / clk;
             if !reported.contains_key(&program.name) {
-                reported.insert(program.name.clone(), (0.0, 0.0));
+                reported.insert(program.name.clone(), HighWater::default());
             }
             let high = reported.get_mut(&program.name).expect("inserted above");
-            high.0 = high.0.max(user);
-            high.1 = high.1.max(system);
+            high.cpu_user = high.cpu_user.max(user);
+            high.cpu_system = high.cpu_system.max(system);
+            high.counters = high.counters.max(Counters::sum(&live, &reaped_usage[i]));
             reports.push(ProgramReport {
                 program: Arc::clone(program),
                 status,
                 usage,
-                cpu_user_seconds: high.0,
-                cpu_system_seconds: high.1,
+                cpu_user_seconds: high.cpu_user,
+                cpu_system_seconds: high.cpu_system,
+                counters: high.counters,
+                max_fds: max_fds[i],
             });
         }
         if reported.len() > reports.len() {
@@ -203,7 +286,7 @@ impl Collector {
         Gathered {
             programs: reports,
             watches: self.watches.reports(),
-            own: procfs::self_usage(&mut reader),
+            own,
             reload: self.reload.last(),
             at: SystemTime::now(),
         }
@@ -259,6 +342,36 @@ impl Format {
             Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
         }
     }
+}
+
+/// Whether an `Accept-Encoding` header allows gzip (`gzip` or `*`, with a `q` above 0).
+pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
+    let mut gzip = None;
+    let mut star = None;
+    for coding in accept_encoding.unwrap_or("").split(',') {
+        let mut parts = coding.split(';').map(str::trim);
+        let name = parts.next().unwrap_or("").to_ascii_lowercase();
+        let q = parts
+            .filter_map(|p| p.split_once('='))
+            .find(|(k, _)| k.trim() == "q")
+            .map_or(1.0, |(_, v)| v.trim().parse().unwrap_or(0.0));
+        match name.as_str() {
+            "gzip" | "x-gzip" => gzip = Some(q > 0.0),
+            "*" => star = Some(q > 0.0),
+            _ => {}
+        }
+    }
+    gzip.or(star).unwrap_or(false)
+}
+
+/// gzip at the fastest level: a page of metrics shrinks about 15-fold even so, and the CPU a
+/// scrape costs stays small (the figures are in the benchmark).
+pub fn gzip(page: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut enc = flate2::write::GzEncoder::new(Vec::with_capacity(page.len() / 8 + 64), flate2::Compression::fast());
+    // Writing into a Vec cannot fail.
+    let _ = enc.write_all(page);
+    enc.finish().unwrap_or_default()
 }
 
 /// The optional groups of metric families (`--no-collector.GROUP`). A group turned off is
@@ -358,6 +471,10 @@ type Section = fn(&mut Out<'_, '_>, &Gathered) -> std::fmt::Result;
 /// top of this file for how to add a family.
 const SECTIONS: &[(Option<Group>, Section)] = &[
     (None, programs),
+    (Some(Group::Io), io),
+    (Some(Group::Faults), faults),
+    (Some(Group::Ctxswitch), ctxswitch),
+    (Some(Group::Memory), memory),
     (None, watches),
     (None, config_and_build),
     (None, own_process),
@@ -433,6 +550,13 @@ fn programs(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
         })?;
     }
     out.per_program(
+        "procwatch_process_max_fds",
+        "The main process's soft limit on open files (RLIMIT_NOFILE); absent while down.",
+        Kind::Gauge,
+        progs,
+        |r| r.max_fds.map(Num::from),
+    )?;
+    out.per_program(
         "procwatch_process_pid",
         "PID of the program's main process; absent while it is down.",
         Kind::Gauge,
@@ -489,6 +613,77 @@ fn programs(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
         Kind::Gauge,
         progs,
         |r| r.status.last_exit.map(|exit| exit.code.into()),
+    )
+}
+
+/// Group `io`: storage I/O, where this kernel accounts it per process.
+fn io(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    if !procfs::sys().has_io {
+        return Ok(());
+    }
+    out.per_program(
+        "procwatch_process_read_bytes_total",
+        "Bytes the program's processes, dead ones included, caused to be read from storage.",
+        Kind::Counter,
+        &g.programs,
+        |r| Some(r.counters.read_bytes.into()),
+    )?;
+    out.per_program(
+        "procwatch_process_write_bytes_total",
+        "Bytes the program's processes, dead ones included, caused to be written to storage.",
+        Kind::Counter,
+        &g.programs,
+        |r| Some(r.counters.write_bytes.into()),
+    )
+}
+
+/// Group `faults`: page faults.
+fn faults(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    out.per_program(
+        "procwatch_process_major_page_faults_total",
+        "Major page faults (that needed I/O) of the program's processes, dead ones included.",
+        Kind::Counter,
+        &g.programs,
+        |r| Some(r.counters.major_faults.into()),
+    )?;
+    out.per_program(
+        "procwatch_process_minor_page_faults_total",
+        "Minor page faults (no I/O) of the program's processes, dead ones included.",
+        Kind::Counter,
+        &g.programs,
+        |r| Some(r.counters.minor_faults.into()),
+    )
+}
+
+/// Group `ctxswitch`: context switches.
+fn ctxswitch(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    let mut f = out.family(
+        "procwatch_process_context_switches_total",
+        "Context switches of the program's processes, by type: voluntary (waited) or involuntary (preempted).",
+        Kind::Counter,
+    );
+    for r in &g.programs {
+        let c = &r.counters;
+        f.sample(&[("name", r.name()), ("type", "voluntary")], c.voluntary_ctxt_switches)?;
+        f.sample(
+            &[("name", r.name()), ("type", "involuntary")],
+            c.nonvoluntary_ctxt_switches,
+        )?;
+    }
+    Ok(())
+}
+
+/// Group `memory`: per-process memory beyond RSS.
+fn memory(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    if !procfs::sys().has_swap {
+        return Ok(());
+    }
+    out.per_program(
+        "procwatch_process_swap_bytes",
+        "Swapped-out memory summed over the live process tree.",
+        Kind::Gauge,
+        &g.programs,
+        |r| Some(r.usage.map_or(0, |u| u.swap_bytes).into()),
     )
 }
 
@@ -849,6 +1044,28 @@ mod tests {
         ] {
             assert_eq!(Format::from_accept(accept), want, "{accept:?}");
         }
+    }
+
+    #[test]
+    fn gzip_negotiation_and_round_trip() {
+        for (header, want) in [
+            (None, false),
+            (Some("identity"), false),
+            (Some("gzip"), true),
+            (Some("deflate, GZIP;q=0.5"), true),
+            (Some("gzip;q=0"), false),
+            (Some("*"), true),
+            (Some("*;q=0"), false),
+            (Some("gzip;q=0, *"), false),
+        ] {
+            assert_eq!(accepts_gzip(header), want, "{header:?}");
+        }
+        let page = page(Format::Text, Groups::all());
+        let packed = gzip(page.as_bytes());
+        assert!(packed.len() < page.len(), "{} >= {}", packed.len(), page.len());
+        let mut back = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut back).unwrap();
+        assert_eq!(back, page);
     }
 
     #[test]

@@ -3,10 +3,13 @@
 //! Everything here is a snapshot the kernel may invalidate at any moment: a PID that vanished
 //! mid-read is "no sample" (`None`), never an error. Units are in the names. See proc(5).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use procfs_core::FromRead;
 
 /// Per-host constants, read once.
 #[derive(Debug, Clone, Copy)]
@@ -16,6 +19,10 @@ pub struct Sys {
     pub page_size: u64,
     /// Unix time of boot, from /proc/stat `btime`.
     pub boot_time_secs: u64,
+    /// Whether this kernel has per-process I/O accounting (/proc/PID/io).
+    pub has_io: bool,
+    /// Whether this kernel reports per-process swap (`VmSwap` in /proc/PID/status).
+    pub has_swap: bool,
 }
 
 pub fn sys() -> Sys {
@@ -32,6 +39,8 @@ pub fn sys() -> Sys {
             clk_tck: if clk > 0 { clk as u64 } else { 100 },
             page_size: if page > 0 { page as u64 } else { 4096 },
             boot_time_secs: boot,
+            has_io: std::fs::read("/proc/self/io").is_ok_and(|t| parse_io(&t).is_some()),
+            has_swap: std::fs::read("/proc/self/status").is_ok_and(|t| t.windows(7).any(|w| w == b"VmSwap:")),
         }
     })
 }
@@ -50,6 +59,11 @@ pub struct Stat {
     pub ppid: i32,
     pub pgrp: i32,
     pub session: i32,
+    pub minflt: u64,
+    /// Faults of children this process has waited for (see wait4(2)).
+    pub cminflt: u64,
+    pub majflt: u64,
+    pub cmajflt: u64,
     pub utime_ticks: u64,
     pub stime_ticks: u64,
     /// CPU of children this process has waited for (see wait4(2)).
@@ -62,82 +76,299 @@ pub struct Stat {
     pub rss_pages: u64,
 }
 
-/// Parses the text of /proc/PID/stat. The command name (field 2) may hold spaces and
-/// parentheses, so fields are counted from the last `)`.
+/// Parses the text of /proc/PID/stat with the `procfs` crate's parser. The command name
+/// (field 2) may hold spaces and parentheses; the parser counts fields from the last `)`.
 pub fn parse_stat(text: &[u8]) -> Option<Stat> {
+    // The crate's parser slices around the parentheses: give it only text where they are in
+    // order, so that garbage is "no sample" rather than a panic.
     let open = text.iter().position(|&b| b == b'(')?;
     let close = text.iter().rposition(|&b| b == b')')?;
-    let pid = std::str::from_utf8(&text[..open]).ok()?.trim().parse().ok()?;
-    let rest = std::str::from_utf8(text.get(close + 2..)?).ok()?;
-    // rest starts at field 3 (state); field N is at index N - 3.
-    let mut f = rest.split_ascii_whitespace();
-    let state = f.next()?.as_bytes().first().copied()?;
-    let mut num = || -> Option<i64> { f.next()?.parse().ok() };
-    let ppid = num()? as i32; // 4
-    let pgrp = num()? as i32; // 5
-    let session = num()? as i32; // 6
-    for _ in 7..=13 {
-        num()?;
+    if open == 0 || close < open || text.len() < close + 2 {
+        return None;
     }
-    let utime = num()?; // 14
-    let stime = num()?; // 15
-    let cutime = num()?; // 16
-    let cstime = num()?; // 17
-    num()?; // 18 priority
-    num()?; // 19 nice
-    let threads = num()?; // 20
-    num()?; // 21 itrealvalue
-    let start = num()?; // 22
-    let vsize = num()?; // 23
-    let rss = num()?; // 24
+    let st = procfs_core::process::Stat::from_read(text).ok()?;
     let u = |v: i64| v.max(0) as u64;
     Some(Stat {
-        pid,
-        state,
-        ppid,
-        pgrp,
-        session,
-        utime_ticks: u(utime),
-        stime_ticks: u(stime),
-        cutime_ticks: u(cutime),
-        cstime_ticks: u(cstime),
-        num_threads: u(threads),
-        starttime_ticks: u(start),
-        vsize_bytes: u(vsize),
-        rss_pages: u(rss),
+        pid: st.pid,
+        state: u8::try_from(st.state).unwrap_or(b'?'),
+        ppid: st.ppid,
+        pgrp: st.pgrp,
+        session: st.session,
+        minflt: st.minflt,
+        cminflt: st.cminflt,
+        majflt: st.majflt,
+        cmajflt: st.cmajflt,
+        utime_ticks: st.utime,
+        stime_ticks: st.stime,
+        cutime_ticks: u(st.cutime),
+        cstime_ticks: u(st.cstime),
+        num_threads: u(st.num_threads),
+        starttime_ticks: st.starttime,
+        vsize_bytes: st.vsize,
+        rss_pages: st.rss,
     })
 }
 
-/// Reads a small /proc file into `buf` (cleared first). `None` if it vanished or is unreadable.
-fn read_into(path: &str, buf: &mut Vec<u8>) -> Option<()> {
-    buf.clear();
-    File::open(path).ok()?.read_to_end(buf).ok()?;
-    Some(())
+/// The fields of /proc/PID/status that procwatch uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status {
+    pub voluntary_ctxt_switches: u64,
+    pub nonvoluntary_ctxt_switches: u64,
+    pub swap_bytes: u64,
 }
 
-/// Reusable buffers for reading /proc, so that a scrape allocates almost nothing.
+/// Parses /proc/PID/status with the `procfs` crate's parser.
+pub fn parse_status(text: &[u8]) -> Option<Status> {
+    let st = procfs_core::process::Status::from_read(text).ok()?;
+    Some(Status {
+        voluntary_ctxt_switches: st.voluntary_ctxt_switches.unwrap_or(0),
+        nonvoluntary_ctxt_switches: st.nonvoluntary_ctxt_switches.unwrap_or(0),
+        swap_bytes: st.vmswap.unwrap_or(0) * 1024,
+    })
+}
+
+/// Storage I/O of a process, from /proc/PID/io: what it (its live and dead threads, and the
+/// children it waited for) made the block layer fetch and send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Io {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// Parses /proc/PID/io with the `procfs` crate's parser.
+pub fn parse_io(text: &[u8]) -> Option<Io> {
+    let io = procfs_core::process::Io::from_read(text).ok()?;
+    Some(Io {
+        read_bytes: io.read_bytes,
+        // Written pages truncated before writeback never reach the disk.
+        write_bytes: io.write_bytes.saturating_sub(io.cancelled_write_bytes),
+    })
+}
+
+/// The soft limit on open files, from /proc/PID/limits; `u64::MAX` for unlimited.
+pub fn parse_max_fds(text: &[u8]) -> Option<u64> {
+    let limits = procfs_core::process::Limits::from_read(text).ok()?;
+    Some(match limits.max_open_files.soft_limit {
+        procfs_core::process::LimitValue::Unlimited => u64::MAX,
+        procfs_core::process::LimitValue::Value(v) => v,
+    })
+}
+
+/// Which per-process files a pass reads beyond `stat`, the children and the fd count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Want {
+    /// /proc/PID/status: context switches and swap.
+    pub status: bool,
+    /// /proc/PID/io.
+    pub io: bool,
+}
+
+/// The kinds of per-process file a [`Reader`] keeps open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Which {
+    Stat,
+    Status,
+    Io,
+    Children,
+    Limits,
+}
+
+impl Which {
+    const COUNT: usize = 5;
+
+    fn tail(self, pid: i32, path: &mut String) {
+        use std::fmt::Write;
+        path.clear();
+        let _ = match self {
+            Which::Stat => write!(path, "/proc/{pid}/stat"),
+            Which::Status => write!(path, "/proc/{pid}/status"),
+            Which::Io => write!(path, "/proc/{pid}/io"),
+            Which::Children => write!(path, "/proc/{pid}/task/{pid}/children"),
+            Which::Limits => write!(path, "/proc/{pid}/limits"),
+        };
+    }
+}
+
+/// One process's /proc files, opened when first read and kept open while it lives: a read is
+/// then one `pread` at offset 0, which the kernel answers with fresh content. The fds belong to
+/// the process they were opened for: once it is reaped they answer ESRCH, so a new process that
+/// reuses the PID never shows through them.
+#[derive(Default)]
+struct Kept {
+    files: [Option<File>; Which::COUNT],
+    /// /proc/PID/fd, whose size is the number of open fds (Linux 6.2+).
+    fd_dir: Option<File>,
+    /// The pass that last met this process.
+    pass: u64,
+}
+
+impl Kept {
+    fn count(&self) -> usize {
+        self.files.iter().flatten().count() + usize::from(self.fd_dir.is_some())
+    }
+}
+
+/// The kept-open files of every process met, and how many fds they may take.
+struct KeptFiles {
+    procs: HashMap<i32, Kept>,
+    pass: u64,
+    /// fds held in `procs`.
+    open: usize,
+    /// At most this many: beyond it, a file is opened, read and closed as without keeping.
+    budget: usize,
+}
+
+/// Reads /proc for one caller. [`Reader::default`] opens, reads and closes each file;
+/// [`Reader::keeping`] keeps each process's files open between passes (the collector's).
 #[derive(Default)]
 pub struct Reader {
     path: String,
     buf: Vec<u8>,
+    keep: Option<KeptFiles>,
+    want: Want,
 }
 
+/// fds procwatch leaves for everything but kept /proc files (sockets, pipes, programs' output,
+/// inotify, the files a reload reads).
+const FD_RESERVE: u64 = 1024;
+
 impl Reader {
+    /// A reader that keeps each process's files open between passes; call
+    /// [`Reader::begin_pass`] and [`Reader::end_pass`] around each pass.
+    pub fn keeping(want: Want) -> Reader {
+        let soft = nofile_limit().0;
+        Reader {
+            keep: Some(KeptFiles {
+                procs: HashMap::new(),
+                pass: 0,
+                open: 0,
+                budget: soft.saturating_sub(FD_RESERVE) as usize,
+            }),
+            want,
+            ..Reader::default()
+        }
+    }
+
+    pub fn want(&self) -> Want {
+        self.want
+    }
+
+    /// fds held open for processes' /proc files.
+    pub fn kept_fds(&self) -> usize {
+        self.keep.as_ref().map_or(0, |k| k.open)
+    }
+
+    pub fn begin_pass(&mut self) {
+        if let Some(k) = &mut self.keep {
+            k.pass += 1;
+            // What the rest of procwatch holds can grow (connections, programs' pipes): keep
+            // what is kept, but open no more than the limit leaves beside it.
+            let soft = nofile_limit().0;
+            let own = open_fd_count().unwrap_or(0) as usize;
+            let others = own.saturating_sub(k.open);
+            k.budget = (soft.saturating_sub(FD_RESERVE) as usize).saturating_sub(others);
+        }
+    }
+
+    /// Closes the files of every process this pass did not meet: it is gone, or left the trees.
+    pub fn end_pass(&mut self) {
+        if let Some(k) = &mut self.keep {
+            let pass = k.pass;
+            let mut closed = 0;
+            k.procs.retain(|_, p| {
+                let keep = p.pass == pass;
+                if !keep {
+                    closed += p.count();
+                }
+                keep
+            });
+            k.open -= closed;
+        }
+    }
+
+    /// Reads `which` of `pid` into `self.buf`. `None` if the process is gone or the file is
+    /// unreadable (EACCES for /proc/PID/io of a process procwatch may not ptrace).
+    fn read(&mut self, pid: i32, which: Which) -> Option<()> {
+        let Reader { path, buf, keep, .. } = self;
+        let Some(k) = keep else {
+            which.tail(pid, path);
+            return read_into(path, buf);
+        };
+        let pass = k.pass;
+        let kept = k.procs.entry(pid).or_default();
+        kept.pass = pass;
+        let slot = &mut kept.files[which as usize];
+        if let Some(f) = slot {
+            match pread_into(f, buf) {
+                Ok(()) => return Some(()),
+                Err(_) => {
+                    // ESRCH: that process was reaped; the PID may belong to a new one now.
+                    k.open -= kept.count();
+                    *kept = Kept {
+                        pass,
+                        ..Kept::default()
+                    };
+                    if which != Which::Stat {
+                        // Only a fresh stat read may decide that this PID is a new process.
+                        return None;
+                    }
+                }
+            }
+        }
+        which.tail(pid, path);
+        let f = File::open(&*path).ok()?;
+        pread_into(&f, buf).ok()?;
+        if k.open < k.budget {
+            kept.files[which as usize] = Some(f);
+            k.open += 1;
+        }
+        Some(())
+    }
+
     pub fn stat(&mut self, pid: i32) -> Option<Stat> {
-        proc_path(&mut self.path, pid, "stat");
-        read_into(&self.path, &mut self.buf)?;
+        self.read(pid, Which::Stat)?;
         parse_stat(&self.buf)
     }
 
+    pub fn status(&mut self, pid: i32) -> Option<Status> {
+        self.read(pid, Which::Status)?;
+        parse_status(&self.buf)
+    }
+
+    pub fn io(&mut self, pid: i32) -> Option<Io> {
+        self.read(pid, Which::Io)?;
+        parse_io(&self.buf)
+    }
+
+    /// The soft RLIMIT_NOFILE of `pid`.
+    pub fn max_fds(&mut self, pid: i32) -> Option<u64> {
+        self.read(pid, Which::Limits)?;
+        parse_max_fds(&self.buf)
+    }
+
     /// Open file descriptors. Since Linux 6.2 the size of /proc/PID/fd is the count (one
-    /// stat call); older kernels report 0 there, and then the directory is counted.
+    /// stat call, or fstat of the kept directory); older kernels report 0 there, and then the
+    /// directory is counted.
     pub fn open_fds(&mut self, pid: i32) -> Option<u64> {
-        proc_path(&mut self.path, pid, "fd");
-        let size = std::fs::metadata(&self.path).ok()?.len();
+        let Reader { path, keep, .. } = self;
+        proc_path(path, pid, "fd");
+        let size = match keep.as_mut().and_then(|k| {
+            let pass = k.pass;
+            let kept = k.procs.entry(pid).or_default();
+            kept.pass = pass;
+            if kept.fd_dir.is_none() && k.open < k.budget {
+                kept.fd_dir = File::open(&*path).ok();
+                k.open += usize::from(kept.fd_dir.is_some());
+            }
+            kept.fd_dir.as_ref().map(|d| d.metadata())
+        }) {
+            Some(meta) => meta.ok()?.len(),
+            None => std::fs::metadata(&*path).ok()?.len(),
+        };
         if size > 0 {
             return Some(size);
         }
-        Some(std::fs::read_dir(&self.path).ok()?.count() as u64)
+        Some(std::fs::read_dir(&*path).ok()?.count() as u64)
     }
 
     /// Appends the PIDs of `pid`'s children to `out`. A single-threaded process has one
@@ -145,10 +376,7 @@ impl Reader {
     /// per the thread that forked them).
     pub fn children(&mut self, pid: i32, threads: u64, out: &mut Vec<i32>) {
         if threads <= 1 {
-            proc_path(&mut self.path, pid, "task/");
-            use std::fmt::Write;
-            let _ = write!(self.path, "{pid}/children");
-            if read_into(&self.path, &mut self.buf).is_some() {
+            if self.read(pid, Which::Children).is_some() {
                 parse_pids(&self.buf, out);
             }
             return;
@@ -167,6 +395,90 @@ impl Reader {
             }
         }
     }
+}
+
+/// Reads a small /proc file into `buf` (cleared first). `None` if it vanished or is unreadable.
+fn read_into(path: &str, buf: &mut Vec<u8>) -> Option<()> {
+    buf.clear();
+    File::open(path).ok()?.read_to_end(buf).ok()?;
+    Some(())
+}
+
+/// Reads the whole of a kept /proc file from offset 0 into `buf`.
+fn pread_into(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut cap = buf.capacity().max(4096);
+    loop {
+        buf.resize(cap, 0);
+        let n = f.read_at(buf, 0)?;
+        if n < cap {
+            buf.truncate(n);
+            return Ok(());
+        }
+        // The file did not fit: read it again, whole, into a bigger buffer.
+        cap *= 2;
+    }
+}
+
+/// (soft, hard) RLIMIT_NOFILE of procwatch.
+pub fn nofile_limit() -> (u64, u64) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid out-pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0 {
+        (lim.rlim_cur, lim.rlim_max)
+    } else {
+        (1024, 1024)
+    }
+}
+
+/// procwatch's soft RLIMIT_NOFILE as it started, which its programs get back (0: not raised).
+static ORIGINAL_NOFILE: AtomicU64 = AtomicU64::new(0);
+
+/// Raises procwatch's soft RLIMIT_NOFILE to its hard limit, as Go programs do at start: the
+/// collector keeps each process's /proc files open. Programs get the original soft limit back
+/// (see [`restore_nofile_in_child`]). Returns (before, after).
+pub fn raise_nofile_limit() -> (u64, u64) {
+    let (soft, hard) = nofile_limit();
+    if soft < hard {
+        let lim = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
+        // SAFETY: plain syscall with a valid pointer.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+            let _ = ORIGINAL_NOFILE.compare_exchange(0, soft, Ordering::Relaxed, Ordering::Relaxed);
+            return (soft, hard);
+        }
+    }
+    (soft, soft)
+}
+
+/// In a forked child before exec: puts back the soft RLIMIT_NOFILE procwatch started with.
+/// Async-signal-safe (an atomic load and setrlimit).
+pub fn restore_nofile_in_child() {
+    let soft = ORIGINAL_NOFILE.load(Ordering::Relaxed);
+    if soft == 0 {
+        return;
+    }
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls with valid pointers.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur > soft {
+            lim.rlim_cur = soft;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
+/// procwatch's own open fds (the size of /proc/self/fd, Linux 6.2+).
+fn open_fd_count() -> Option<u64> {
+    std::fs::metadata("/proc/self/fd").ok().map(|m| m.len())
 }
 
 /// Writes `/proc/PID/TAIL` into a reused string.
@@ -201,6 +513,18 @@ pub struct TreeUsage {
     pub vsize_bytes: u64,
     pub threads: u64,
     pub open_fds: u64,
+    /// minflt + cminflt over the tree, as CPU.
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    /// From /proc/PID/io (which includes waited-for children), where it could be read.
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    /// Processes whose io file could be read.
+    pub io_processes: u64,
+    /// From /proc/PID/status, where it was asked for.
+    pub voluntary_ctxt_switches: u64,
+    pub nonvoluntary_ctxt_switches: u64,
+    pub swap_bytes: u64,
 }
 
 impl TreeUsage {
@@ -212,6 +536,20 @@ impl TreeUsage {
         self.vsize_bytes += st.vsize_bytes;
         self.threads += st.num_threads;
         self.open_fds += fds;
+        self.minor_faults += st.minflt + st.cminflt;
+        self.major_faults += st.majflt + st.cmajflt;
+    }
+
+    fn add_status(&mut self, s: &Status) {
+        self.voluntary_ctxt_switches += s.voluntary_ctxt_switches;
+        self.nonvoluntary_ctxt_switches += s.nonvoluntary_ctxt_switches;
+        self.swap_bytes += s.swap_bytes;
+    }
+
+    fn add_io(&mut self, io: &Io) {
+        self.read_bytes += io.read_bytes;
+        self.write_bytes += io.write_bytes;
+        self.io_processes += 1;
     }
 }
 
@@ -256,9 +594,20 @@ impl Reader {
     /// this pass has summed already.
     pub fn tree_from(&mut self, root: Stat, usage: &mut TreeUsage, walk: &mut TreeWalk) {
         let page = sys().page_size;
+        let want = self.want;
         self.walk_tree(root, walk, |r, st| {
             let fds = r.open_fds(st.pid).unwrap_or(0);
             usage.add(st, fds, page);
+            if want.status
+                && let Some(s) = r.status(st.pid)
+            {
+                usage.add_status(&s);
+            }
+            if want.io
+                && let Some(io) = r.io(st.pid)
+            {
+                usage.add_io(&io);
+            }
         });
     }
 
@@ -384,6 +733,57 @@ mod tests {
         assert_eq!(usage, once);
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    #[test]
+    fn parses_status_io_and_limits_through_the_procfs_crate() {
+        let status = std::fs::read("/proc/self/status").unwrap();
+        let st = parse_status(&status).unwrap();
+        assert!(st.voluntary_ctxt_switches + st.nonvoluntary_ctxt_switches > 0, "{st:?}");
+        let io = b"rchar: 10\nwchar: 20\nsyscr: 1\nsyscw: 2\nread_bytes: 4096\nwrite_bytes: 12288\ncancelled_write_bytes: 4096\n";
+        assert_eq!(
+            parse_io(io),
+            Some(Io {
+                read_bytes: 4096,
+                write_bytes: 8192
+            })
+        );
+        assert_eq!(parse_io(b"garbage"), None);
+        let limits = std::fs::read("/proc/self/limits").unwrap();
+        assert_eq!(parse_max_fds(&limits), Some(nofile_limit().0));
+    }
+
+    #[test]
+    fn kept_files_belong_to_their_process_and_close_when_it_is_gone() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        let mut r = Reader::keeping(Want { status: true, io: true });
+        r.begin_pass();
+        let first = r.stat(pid).unwrap();
+        assert!(r.status(pid).is_some());
+        assert!(r.io(pid).is_some(), "this process may read its own child's io");
+        assert!(r.open_fds(pid).unwrap() >= 3);
+        r.end_pass();
+        let held = r.kept_fds();
+        assert_eq!(held, 4, "stat, status, io, fd dir");
+        // The next pass reads the same fds again: fresh content, no new opens.
+        r.begin_pass();
+        assert_eq!(r.stat(pid).unwrap().starttime_ticks, first.starttime_ticks);
+        r.end_pass();
+        assert_eq!(r.kept_fds(), held);
+
+        // A kept fd of a reaped process answers ESRCH, whatever now has its PID.
+        let Kept { files, .. } = r.keep.as_ref().unwrap().procs.get(&pid).unwrap();
+        let stat_fd = files[Which::Stat as usize].as_ref().unwrap().try_clone().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let mut buf = Vec::new();
+        let err = pread_into(&stat_fd, &mut buf).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ESRCH), "{err}");
+        r.begin_pass();
+        assert_eq!(r.stat(pid), None, "a reaped process is no sample");
+        r.end_pass();
+        assert_eq!(r.kept_fds(), 0, "its files are closed");
     }
 
     #[test]

@@ -46,6 +46,7 @@ async fn run_serves_counts_and_stops_on_its_token() {
         web_config: None,
         guardian: false,
         control_socket: procwatch::http::SocketSetting::Off,
+        collectors: procwatch::metrics::Groups::all(),
     };
     let listener = app::bind(&options, &config).await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -11,25 +11,18 @@ use util::{Scrape, http, logged_addr, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 
-/// State letters of the children of `pid` (as seen from outside the namespace).
+/// State letters of the children of `pid` (as seen from outside the namespace), through
+/// procwatch's own /proc reader.
 fn child_states(pid: i32) -> Vec<char> {
-    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    let mut all: Vec<i32> = children.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+    let mut reader = procwatch::procfs::Reader::default();
+    let mut all = Vec::new();
     // Orphans are re-parented to the namespace's PID 1, on whichever thread.
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            if let Ok(c) = std::fs::read_to_string(t.path().join("children")) {
-                all.extend(c.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
-            }
-        }
-    }
+    let threads = reader.stat(pid).map_or(1, |st| st.num_threads);
+    reader.children(pid, threads.max(2), &mut all);
     all.sort();
     all.dedup();
     all.iter()
-        .filter_map(|c| {
-            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).ok()?;
-            stat[stat.rfind(')')? + 2..].chars().next()
-        })
+        .filter_map(|&c| reader.stat(c).map(|st| char::from(st.state)))
         .collect()
 }
 
@@ -59,16 +52,14 @@ fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     // procwatch is unshare's only child, and PID 1 inside.
     let outer = unshare.id() as i32;
     let pw: i32 = wait_for(T, "procwatch's outer PID", || {
-        std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
-            .ok()?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
+        let mut children = Vec::new();
+        procwatch::procfs::Reader::default().children(outer, 1, &mut children);
+        children.first().copied()
     });
-    let status = std::fs::read_to_string(format!("/proc/{pw}/status")).unwrap();
-    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
-    assert_eq!(nspid.split_whitespace().last(), Some("1"), "{nspid}");
+    let status = procfs_core::FromRead::from_file(format!("/proc/{pw}/status"));
+    let status: procfs_core::process::Status = status.unwrap();
+    let nspid = status.nspid.unwrap();
+    assert_eq!(nspid.last(), Some(&1), "{nspid:?}");
 
     let s = wait_for(T, "parent up", || {
         http(&addr, "GET", "/metrics", "")

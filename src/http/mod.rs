@@ -19,7 +19,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE, HeaderValue, WWW_AUTHENTICATE};
+use hyper::header::{
+    ACCEPT, ACCEPT_ENCODING, AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, HeaderValue, VARY, WWW_AUTHENTICATE,
+};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -77,8 +79,9 @@ impl State {
 
 #[derive(Default)]
 struct ScrapeCache {
-    /// Per format (text, OpenMetrics): when the last encode started, and its output.
-    last: [Option<(Instant, Bytes)>; 2],
+    /// Per format (text, OpenMetrics) and encoding (plain, gzip): when the last encode
+    /// started, and its output.
+    last: [Option<(Instant, Bytes)>; 4],
     /// Reused encode buffer.
     buf: String,
 }
@@ -188,13 +191,18 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
     if path == state.config.telemetry_path {
         return match *method {
             Method::GET | Method::HEAD => {
-                let accept = req.headers().get(ACCEPT).and_then(|v| v.to_str().ok());
-                let format = metrics::Format::from_accept(accept);
-                match scrape(state, format).await {
+                let header = |name| req.headers().get(name).and_then(|v: &HeaderValue| v.to_str().ok());
+                let format = metrics::Format::from_accept(header(ACCEPT));
+                let gzip = metrics::accepts_gzip(header(ACCEPT_ENCODING));
+                match scrape(state, format, gzip).await {
                     Some(body) => {
                         let mut resp = Response::new(Full::new(body));
-                        resp.headers_mut()
-                            .insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+                        let headers = resp.headers_mut();
+                        headers.insert(CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+                        if gzip {
+                            headers.insert(CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+                        }
+                        headers.insert(VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
                         resp
                     }
                     // A failed pass is an error, never an empty page that looks like no programs.
@@ -258,9 +266,9 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
 
 /// Gathers and encodes, collapsing concurrent scrapes: whoever waited while a scrape that
 /// started after its arrival ran gets that scrape's output. `None` if the pass failed.
-async fn scrape(state: &State, format: metrics::Format) -> Option<Bytes> {
+async fn scrape(state: &State, format: metrics::Format, gzip: bool) -> Option<Bytes> {
     let arrived = Instant::now();
-    let slot = format as usize;
+    let slot = format as usize * 2 + usize::from(gzip);
     let mut cache = state.scrape.lock().await;
     if let Some((started, body)) = &cache.last[slot]
         && *started >= arrived
@@ -270,14 +278,18 @@ async fn scrape(state: &State, format: metrics::Format) -> Option<Bytes> {
     let started = Instant::now();
     let collector = Arc::clone(&state.collector);
     let mut buf = std::mem::take(&mut cache.buf);
-    let buf = tokio::task::spawn_blocking(move || {
+    let (buf, body) = tokio::task::spawn_blocking(move || {
         let g = collector.gather();
         collector.encode(g, format, &mut buf);
-        buf
+        let body = if gzip {
+            Bytes::from(metrics::gzip(buf.as_bytes()))
+        } else {
+            Bytes::copy_from_slice(buf.as_bytes())
+        };
+        (buf, body)
     })
     .await
     .ok()?;
-    let body = Bytes::copy_from_slice(buf.as_bytes());
     cache.buf = buf;
     cache.last[slot] = Some((started, body.clone()));
     Some(body)

@@ -135,6 +135,31 @@ pub struct Program {
     /// CPU of every process of this program that procwatch reaped (wait4 rusage), in µs.
     reaped_user_us: AtomicU64,
     reaped_system_us: AtomicU64,
+    /// The rest of what wait4's rusage told of them (exporter: faults, I/O, context switches).
+    reaped: ReapedRusage,
+}
+
+/// Totals of wait4 rusage over the processes of a program that procwatch reaped.
+#[derive(Debug, Default)]
+struct ReapedRusage {
+    minflt: AtomicU64,
+    majflt: AtomicU64,
+    /// 512-byte blocks, as the kernel counts them from the same I/O accounting as /proc/PID/io.
+    inblock: AtomicU64,
+    oublock: AtomicU64,
+    nvcsw: AtomicU64,
+    nivcsw: AtomicU64,
+}
+
+/// What the processes of a program that procwatch reaped used, beyond CPU.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reaped {
+    pub minor_faults: u64,
+    pub major_faults: u64,
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+    pub voluntary_ctxt_switches: u64,
+    pub nonvoluntary_ctxt_switches: u64,
 }
 
 impl Program {
@@ -151,11 +176,38 @@ impl Program {
             }),
             reaped_user_us: AtomicU64::new(0),
             reaped_system_us: AtomicU64::new(0),
+            reaped: ReapedRusage::default(),
         }
     }
 
     pub fn status(&self) -> Arc<ProgramStatus> {
         self.status.load_full()
+    }
+
+    /// Adds a reaped process's wait4 rusage (which includes the children it waited for).
+    pub(crate) fn add_reaped_rusage(&self, ru: &libc::rusage) {
+        let r = &self.reaped;
+        let add = |a: &AtomicU64, v: libc::c_long| a.fetch_add(v.max(0) as u64, Ordering::Relaxed);
+        add(&r.minflt, ru.ru_minflt);
+        add(&r.majflt, ru.ru_majflt);
+        add(&r.inblock, ru.ru_inblock);
+        add(&r.oublock, ru.ru_oublock);
+        add(&r.nvcsw, ru.ru_nvcsw);
+        add(&r.nivcsw, ru.ru_nivcsw);
+    }
+
+    /// Faults, I/O and context switches of the processes of this program that have been reaped.
+    pub fn reaped_usage(&self) -> Reaped {
+        let r = &self.reaped;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Reaped {
+            minor_faults: get(&r.minflt),
+            major_faults: get(&r.majflt),
+            read_bytes: get(&r.inblock) * 512,
+            write_bytes: get(&r.oublock) * 512,
+            voluntary_ctxt_switches: get(&r.nvcsw),
+            nonvoluntary_ctxt_switches: get(&r.nivcsw),
+        }
     }
 
     /// (user, system) CPU of the processes of this program that have been reaped.

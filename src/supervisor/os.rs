@@ -207,6 +207,7 @@ impl Os {
                     let p = &entry.program;
                     p.reaped_user_us.fetch_add(micros(ru.ru_utime), Ordering::Relaxed);
                     p.reaped_system_us.fetch_add(micros(ru.ru_stime), Ordering::Relaxed);
+                    p.add_reaped_rusage(&ru);
                     let _ = entry.events.send(event);
                 }
                 None => tracing::debug!(pid, "reaped a process that belongs to no program"),
@@ -254,6 +255,8 @@ fn spawn_program(config: &ProgramConfig) -> io::Result<i32> {
                 // procwatch died between fork and prctl.
                 libc::_exit(1);
             }
+            // procwatch raised its own open-files limit for its kept /proc files; not theirs.
+            crate::procfs::restore_nofile_in_child();
             Ok(())
         });
     }

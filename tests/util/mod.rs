@@ -317,23 +317,18 @@ pub fn config_dir(yaml: &str) -> (tempfile::TempDir, PathBuf) {
     (dir, config)
 }
 
-/// utime, stime, cutime and cstime of a process, in clock ticks (proc(5) fields 14-17).
+/// utime, stime, cutime and cstime of a process, in clock ticks, through procwatch's own
+/// /proc parser.
 pub fn cpu_ticks(pid: i32) -> Option<[u64; 4]> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields are counted from after the command name, which may hold spaces.
-    let mut f = text[text.rfind(')')? + 2..].split_whitespace().skip(11);
-    let mut next = || f.next()?.parse().ok();
-    Some([next()?, next()?, next()?, next()?])
+    let st = procwatch::procfs::Reader::default().stat(pid)?;
+    Some([st.utime_ticks, st.stime_ticks, st.cutime_ticks, st.cstime_ticks])
 }
 
-/// Resident memory of a process, in KiB.
+/// Resident memory of a process, in KiB, through procwatch's own /proc parser.
 pub fn rss_kib(pid: i32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
+    procwatch::procfs::Reader::default()
+        .stat(pid)
+        .map_or(0, |st| st.rss_pages * procwatch::procfs::sys().page_size / 1024)
 }
 
 impl Drop for Procwatch {

@@ -1,0 +1,226 @@
+//! process-exporter's signals, checked against what each test made happen: storage I/O, page
+//! faults and context switches of processes that already exited, the fd limit a program set;
+//! collector groups; OpenMetrics, gzip and HEAD on /metrics.
+
+mod util;
+
+use std::io::Read;
+use std::time::Duration;
+
+use util::{Procwatch, Scrape, http, marker};
+
+const T: Duration = Duration::from_secs(60);
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// Waits until a process marked `m` with `needle` in its command line has run and is gone,
+/// without scraping: a scrape while it lived would report its figures, and the high-water
+/// mark would keep them.
+fn wait_ran(m: &str, needle: &str) {
+    let running = || util::procs_with(m).iter().any(|(_, cmd)| cmd.contains(needle));
+    util::wait_for(T, &format!("{needle} to start"), || running().then_some(()));
+    util::wait_for(T, &format!("{needle} to end"), || (!running()).then_some(()));
+}
+
+#[test]
+fn a_child_that_wrote_64_mib_and_exited_shows_in_write_bytes() {
+    let m = marker("io");
+    let dir = tempfile::tempdir_in(std::env::temp_dir()).unwrap();
+    let out = dir.path().join("out");
+    // `parent` waits for its child, so the child's I/O is added to the parent's /proc/PID/io;
+    // `oneshot` ends too, and procwatch reaps it (wait4 rusage, its waited-for child included).
+    // Nothing is scraped before both writers are gone.
+    let yaml = format!(
+        "status_interval: 0\nprocesses:\n  \
+           - name: parent\n    command: [sh, -c, 'dd if=/dev/zero of={o}.1 bs=1M count=64 conv=fsync 2>/dev/null; touch {o}.done; exec sleep 600']\n  \
+           - name: oneshot\n    restart: never\n    command: [sh, -c, 'sleep 1; dd if=/dev/zero of={o}.2 bs=1M count=64 conv=fsync 2>/dev/null']\n",
+        o = out.display()
+    );
+    let pw = Procwatch::start_marked(&yaml, &[], &m);
+    // `oneshot` lives a second at least: long enough to be seen running.
+    wait_ran(&m, &format!("{}.2", out.display()));
+    let done = out.with_extension("done");
+    util::wait_for(T, "the parent's child to be done", || done.exists().then_some(()));
+    let s = pw.scrape();
+    assert_eq!(s.prog("procwatch_process_up", "oneshot"), Some(0.0), "{}", s.text);
+    assert_eq!(
+        s.prog("procwatch_process_tree_processes", "parent"),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    for name in ["parent", "oneshot"] {
+        let written = s.prog("procwatch_process_write_bytes_total", name).unwrap();
+        assert!(
+            (64.0 * MIB..80.0 * MIB).contains(&written),
+            "{name} wrote {written} bytes, not about 64 MiB"
+        );
+        assert!(s.prog("procwatch_process_read_bytes_total", name).is_some());
+    }
+}
+
+#[test]
+fn a_child_that_touched_100_mib_and_exited_shows_its_minor_faults() {
+    let m = marker("faults");
+    // Every 4 KiB page of 100 MiB is touched once: at least 25,600 minor faults (no huge pages
+    // here: transparent huge pages need madvise on this kind of host, and Python does not).
+    let touch = "b = bytearray(100 << 20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]";
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let yaml = format!(
+        "status_interval: 0\nprocesses:\n  - name: toucher\n    command: [sh, -c, 'python3 -c \"{touch}\"; touch {}; exec sleep 600']\n",
+        done.display()
+    );
+    let pw = Procwatch::start_marked(&yaml, &[], &m);
+    util::wait_for(T, "the child to be done", || done.exists().then_some(()));
+    let s = pw.scrape();
+    // The child is gone: what is counted is what it left in its parent's cminflt.
+    assert_eq!(
+        s.prog("procwatch_process_tree_processes", "toucher"),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    let faults = s.prog("procwatch_process_minor_page_faults_total", "toucher").unwrap();
+    assert!(faults >= 25_000.0, "{faults}");
+    assert!(s.prog("procwatch_process_major_page_faults_total", "toucher").is_some());
+}
+
+#[test]
+fn a_program_that_died_keeps_its_counters() {
+    let m = marker("reaped");
+    // Faults and context switches of a main process that procwatch reaped come from wait4.
+    let touch =
+        "import time; b = bytearray(40 << 20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; time.sleep(0.2)";
+    let yaml = format!(
+        "status_interval: 0\nprocesses:\n  - name: once\n    restart: never\n    command: [python3, -c, '{touch}']\n"
+    );
+    let pw = Procwatch::start_marked(&yaml, &[], &m);
+    wait_ran(&m, "python3");
+    let s = pw.wait_scrape(T, "once to be down", |s| {
+        s.prog("procwatch_process_up", "once") == Some(0.0)
+    });
+    let faults = s.prog("procwatch_process_minor_page_faults_total", "once").unwrap();
+    assert!(faults >= 10_000.0, "{faults}");
+    let switches = s.get(
+        "procwatch_process_context_switches_total",
+        &[("name", "once"), ("type", "voluntary")],
+    );
+    assert!(switches.is_some_and(|v| v >= 1.0), "{switches:?}");
+}
+
+#[test]
+fn max_fds_is_the_limit_the_program_set() {
+    let pw = Procwatch::start(
+        "processes:\n  - name: limited\n    command: [sh, -c, 'ulimit -S -n 1234; exec sleep 600']\n",
+        &[],
+    );
+    pw.wait_scrape(T, "max_fds 1234", |s| {
+        s.prog("procwatch_process_max_fds", "limited") == Some(1234.0)
+    });
+}
+
+#[test]
+fn no_collector_io_leaves_io_out_and_the_rest_in() {
+    let pw = Procwatch::start(
+        "processes:\n  - name: p\n    command: [sleep, '600']\n",
+        &["--no-collector.io", "--no-collector.faults"],
+    );
+    let s = pw.wait_scrape(T, "p up", |s| s.prog("procwatch_process_up", "p") == Some(1.0));
+    for gone in [
+        "procwatch_process_read_bytes",
+        "procwatch_process_write_bytes",
+        "page_faults",
+    ] {
+        assert!(!s.text.contains(gone), "{gone} is still there:\n{}", s.text);
+    }
+    assert!(
+        s.text.contains("procwatch_process_context_switches_total{"),
+        "{}",
+        s.text
+    );
+    assert!(s.text.contains("procwatch_process_swap_bytes{"), "{}", s.text);
+}
+
+#[test]
+fn every_no_collector_flag_is_accepted() {
+    let flags: Vec<String> = procwatch::metrics::Group::ALL
+        .iter()
+        .map(|g| format!("--no-collector.{}", g.as_str()))
+        .collect();
+    let args: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let pw = Procwatch::start("processes:\n  - name: p\n    command: [sleep, '600']\n", &args);
+    let s = pw.wait_scrape(T, "p up", |s| s.prog("procwatch_process_up", "p") == Some(1.0));
+    for gone in ["bytes_total", "page_faults", "context_switches", "swap_bytes"] {
+        assert!(!s.text.contains(gone), "{gone} is still there:\n{}", s.text);
+    }
+}
+
+/// GET /metrics with raw headers; the body as bytes.
+fn get_raw(addr: &str, method: &str, headers: &str) -> (String, Vec<u8>) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    write!(
+        s,
+        "{method} /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{headers}\r\n"
+    )
+    .unwrap();
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).unwrap();
+    let split = all.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&all[..split]).to_lowercase();
+    (head, all[split + 4..].to_vec())
+}
+
+fn gunzip(bytes: &[u8]) -> String {
+    let mut out = String::new();
+    flate2::read::GzDecoder::new(bytes).read_to_string(&mut out).unwrap();
+    out
+}
+
+#[test]
+fn openmetrics_gzip_and_head_round_trip() {
+    let pw = Procwatch::start("processes:\n  - name: p\n    command: [sleep, '600']\n", &[]);
+    pw.wait_scrape(T, "p up", |s| s.prog("procwatch_process_up", "p") == Some(1.0));
+
+    let (head, plain) = get_raw(&pw.addr, "GET", "");
+    assert!(
+        head.contains("content-type: text/plain; version=0.0.4; charset=utf-8"),
+        "{head}"
+    );
+    assert!(!head.contains("content-encoding"), "{head}");
+    let plain = String::from_utf8(plain).unwrap();
+    assert!(!plain.contains("# EOF"));
+
+    let om = "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
+    let (head, body) = get_raw(&pw.addr, "GET", om);
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        "{head}"
+    );
+    let text = String::from_utf8(body).unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(text.contains("# TYPE procwatch_process_restarts counter\n"), "{text}");
+    assert!(
+        text.contains("procwatch_process_restarts_total{name=\"p\"} 0\n"),
+        "{text}"
+    );
+
+    let (head, body) = get_raw(&pw.addr, "GET", &format!("{om}Accept-Encoding: gzip\r\n"));
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let unpacked = gunzip(&body);
+    assert!(unpacked.ends_with("# EOF\n"), "{unpacked}");
+    assert!(unpacked.contains("procwatch_process_up{name=\"p\"} 1\n"));
+
+    let (head, body) = get_raw(&pw.addr, "GET", "Accept-Encoding: gzip, deflate\r\n");
+    assert!(head.contains("content-encoding: gzip"), "{head}");
+    let unpacked = Scrape::parse(gunzip(&body));
+    assert_eq!(unpacked.prog("procwatch_process_up", "p"), Some(1.0));
+
+    let (head, body) = get_raw(&pw.addr, "HEAD", "");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/plain; version=0.0.4"), "{head}");
+    assert!(body.is_empty(), "HEAD has no body");
+    let (status, _, _) = http(&pw.addr, "POST", "/metrics", "").unwrap();
+    assert_eq!(status, 405);
+}
