@@ -191,6 +191,7 @@ fn openmetrics_gzip_and_head_round_trip() {
     assert!(!head.contains("content-encoding"), "{head}");
     let plain = String::from_utf8(plain).unwrap();
     assert!(!plain.contains("# EOF"));
+    assert!(plain.contains("procwatch_process_minor_page_faults_total{name=\"p\"}"), "{plain}");
 
     let om = "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
     let (head, body) = get_raw(&pw.addr, "GET", om);
@@ -223,4 +224,55 @@ fn openmetrics_gzip_and_head_round_trip() {
     assert!(body.is_empty(), "HEAD has no body");
     let (status, _, _) = http(&pw.addr, "POST", "/metrics", "").unwrap();
     assert_eq!(status, 405);
+
+    // Both formats through real parsers: promtool's lint on the text format (it reads no
+    // other), and the OpenMetrics reference parser of the Python client (Debian's
+    // python3-prometheus-client), which insists on # EOF, types and suffixes.
+    lint("promtool", &["check", "metrics"], &plain);
+    lint(
+        "/usr/bin/python3",
+        &[
+            "-c",
+            "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as p\n\
+             n = len(list(p(sys.stdin.read())))\nassert n > 20, n",
+        ],
+        &text,
+    );
+}
+
+/// Runs `tool args` with `input` on stdin and asserts it succeeds; skips loudly where the tool
+/// is missing, unless PROCWATCH_REQUIRE_PROMETHEUS is set (as .ci/run does).
+fn lint(tool: &str, args: &[&str], input: &str) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let probe = Command::new(tool)
+        .args(if tool.ends_with("python3") {
+            &["-c", "import prometheus_client"][..]
+        } else {
+            &["--version"][..]
+        })
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("PROCWATCH_REQUIRE_PROMETHEUS").is_none(),
+            "{tool} (with prometheus_client for python3) is missing and PROCWATCH_REQUIRE_PROMETHEUS is set"
+        );
+        eprintln!("skipped: {tool} {args:?} is not available (apt-get install prometheus python3-prometheus-client)");
+        return;
+    }
+    let mut child = Command::new(tool)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{tool} {args:?}:\n{}{}\n{input}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

@@ -96,7 +96,7 @@ fn rules_rule_tests_and_scrape_configs_pass_promtool() {
             .args(["check", "rules", "alerts.yml"])
             .current_dir(&dir),
     );
-    assert!(out.contains("SUCCESS: 6 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
     run_ok(
         Command::new(&promtool)
             .args(["test", "rules", "alerts_test.yml"])
@@ -191,6 +191,13 @@ fn the_dashboard_is_portable_and_complete() {
         "procwatch_process_exits_total",
         "procwatch_process_threads",
         "procwatch_process_open_fds",
+        "procwatch_process_max_fds",
+        "procwatch_process_read_bytes_total",
+        "procwatch_process_write_bytes_total",
+        "procwatch_process_major_page_faults_total",
+        "procwatch_process_minor_page_faults_total",
+        "procwatch_process_context_switches_total",
+        "procwatch_process_swap_bytes",
         "procwatch_file_events_total",
         "procwatch_file_watch_overflows_total",
         "procwatch_file_watch_errors_total",
@@ -355,7 +362,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     });
     let d = dashboard();
     let queries = panel_queries(&d);
-    assert!(queries.len() >= 14, "{} queries", queries.len());
+    assert!(queries.len() >= 21, "{} queries", queries.len());
     for (title, expr) in queries {
         let q = fill(&expr, &pw.addr);
         wait_for(
