@@ -42,7 +42,7 @@ fn main() {
 
 fn scrapes(quick: bool, clk: f64) {
     println!(
-        "{:>12} {:>8} {:>11} {:>10} {:>10} {:>6} {:>11} {:>11} {:>11} {:>9}",
+        "{:>13} {:>8} {:>11} {:>10} {:>10} {:>6} {:>11} {:>11} {:>11} {:>9} {:>12}",
         "programs",
         "start s",
         "scrape cpu",
@@ -52,7 +52,8 @@ fn scrapes(quick: bool, clk: f64) {
         "latency p50",
         "latency p99",
         "idle cpu",
-        "rss"
+        "rss",
+        "o/r/c floor"
     );
     let sizes: &[usize] = if quick {
         &[10, 100, 1000]
@@ -70,56 +71,75 @@ fn scrapes(quick: bool, clk: f64) {
     row.print();
     println!();
     for &n in sizes.iter().filter(|&&n| n >= 1000) {
-        let rounds = if quick { 5 } else { 20 };
-        prometheus_crate_encode(n);
-        let t0 = process_cpu();
-        let mut bytes = 0;
-        for _ in 0..rounds {
-            bytes = prometheus_crate_encode(n);
-        }
-        let cost = (process_cpu() - t0) / rounds;
-        println!(
-            "the same {n} programs' samples built and encoded with the prometheus crate: {:.3} ms ({bytes} bytes)",
-            ms(cost)
-        );
+        encoders(n, quick);
     }
     println!();
 }
 
+/// (name, is_counter, extra label values): the per-program families procwatch writes, 29
+/// samples a program (all groups on), for the encoders compared side by side.
+type Family = (&'static str, bool, &'static [(&'static str, &'static str)]);
+const FAMILIES: [Family; 24] = [
+    ("procwatch_process_up", false, &[]),
+    (
+        "procwatch_process_cpu_seconds_total",
+        true,
+        &[("mode", "user"), ("mode", "system")],
+    ),
+    ("procwatch_process_resident_memory_bytes", false, &[]),
+    ("procwatch_process_virtual_memory_bytes", false, &[]),
+    ("procwatch_process_threads", false, &[]),
+    ("procwatch_process_open_fds", false, &[]),
+    ("procwatch_process_tree_processes", false, &[]),
+    ("procwatch_process_max_fds", false, &[]),
+    ("procwatch_process_pid", false, &[]),
+    ("procwatch_process_start_time_seconds", false, &[]),
+    ("procwatch_process_uptime_seconds", false, &[]),
+    ("procwatch_process_restarts_total", true, &[]),
+    (
+        "procwatch_process_exits_total",
+        true,
+        &[("reason", "success"), ("reason", "failure"), ("reason", "signal")],
+    ),
+    ("procwatch_process_last_exit_code", false, &[]),
+    ("procwatch_process_read_bytes_total", true, &[]),
+    ("procwatch_process_write_bytes_total", true, &[]),
+    ("procwatch_process_major_page_faults_total", true, &[]),
+    ("procwatch_process_minor_page_faults_total", true, &[]),
+    (
+        "procwatch_process_context_switches_total",
+        true,
+        &[("type", "voluntary"), ("type", "involuntary")],
+    ),
+    ("procwatch_process_swap_bytes", false, &[]),
+    ("procwatch_file_watch_up", false, &[]),
+    ("procwatch_file_watch_errors_total", true, &[]),
+    ("procwatch_file_watch_overflows_total", true, &[]),
+    ("procwatch_config_last_reload_successful", false, &[]),
+];
+const HELP: &str = "help text of about this length for the family.";
+
+/// Each family's samples: (program index, extra label) with a value.
+fn each_sample(
+    n: usize,
+    extra: &'static [(&'static str, &'static str)],
+    mut f: impl FnMut(usize, Option<(&str, &str)>),
+) {
+    for i in 0..n {
+        if extra.is_empty() {
+            f(i, None);
+        }
+        for &e in extra {
+            f(i, Some(e));
+        }
+    }
+}
+
 /// What encoding would cost through the `prometheus` crate: one `MetricFamily` per metric, a
 /// `Metric` with owned label pairs per sample, then its `TextEncoder`. Returns the bytes.
-fn prometheus_crate_encode(n: usize) -> usize {
+fn prometheus_crate_encode(n: usize, names: &[String]) -> usize {
     use prometheus::Encoder;
     use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
-    // (name, type, extra label values) for the 17 per-program families, 20 samples a program.
-    type Family = (&'static str, MetricType, &'static [(&'static str, &'static str)]);
-    let families: [Family; 17] = [
-        ("procwatch_process_up", MetricType::GAUGE, &[]),
-        (
-            "procwatch_process_cpu_seconds_total",
-            MetricType::COUNTER,
-            &[("mode", "user"), ("mode", "system")],
-        ),
-        ("procwatch_process_resident_memory_bytes", MetricType::GAUGE, &[]),
-        ("procwatch_process_virtual_memory_bytes", MetricType::GAUGE, &[]),
-        ("procwatch_process_threads", MetricType::GAUGE, &[]),
-        ("procwatch_process_open_fds", MetricType::GAUGE, &[]),
-        ("procwatch_process_tree_processes", MetricType::GAUGE, &[]),
-        ("procwatch_process_pid", MetricType::GAUGE, &[]),
-        ("procwatch_process_start_time_seconds", MetricType::GAUGE, &[]),
-        ("procwatch_process_uptime_seconds", MetricType::GAUGE, &[]),
-        ("procwatch_process_restarts_total", MetricType::COUNTER, &[]),
-        (
-            "procwatch_process_exits_total",
-            MetricType::COUNTER,
-            &[("reason", "success"), ("reason", "failure"), ("reason", "signal")],
-        ),
-        ("procwatch_process_last_exit_code", MetricType::GAUGE, &[]),
-        ("procwatch_file_watch_up", MetricType::GAUGE, &[]),
-        ("procwatch_file_watch_errors_total", MetricType::COUNTER, &[]),
-        ("procwatch_file_watch_overflows_total", MetricType::COUNTER, &[]),
-        ("procwatch_config_last_reload_successful", MetricType::GAUGE, &[]),
-    ];
     let label = |k: &str, v: &str| {
         let mut l = LabelPair::default();
         l.set_name(k.to_owned());
@@ -128,39 +148,152 @@ fn prometheus_crate_encode(n: usize) -> usize {
     };
     let mut out = Vec::with_capacity(2 << 20);
     let mut mfs = Vec::new();
-    for (name, kind, extra) in families {
+    for (name, counter, extra) in FAMILIES {
         let mut mf = MetricFamily::default();
         mf.set_name(name.to_owned());
-        mf.set_help("help text of about this length for the family.".to_owned());
-        mf.set_field_type(kind);
-        for i in 0..n {
-            let variants: Vec<Option<(&str, &str)>> = if extra.is_empty() {
-                vec![None]
-            } else {
-                extra.iter().copied().map(Some).collect()
-            };
-            for v in variants {
-                let mut labels = vec![label("name", &format!("p{i}"))];
-                if let Some((k, val)) = v {
-                    labels.push(label(k, val));
-                }
-                let mut m = Metric::from_label(labels);
-                if kind == MetricType::COUNTER {
-                    let mut c = Counter::default();
-                    c.set_value(i as f64 * 1.5);
-                    m.set_counter(c);
-                } else {
-                    let mut g = Gauge::default();
-                    g.set_value(i as f64 * 1.5);
-                    m.set_gauge(g);
-                }
-                mf.mut_metric().push(m);
+        mf.set_help(HELP.to_owned());
+        mf.set_field_type(if counter {
+            MetricType::COUNTER
+        } else {
+            MetricType::GAUGE
+        });
+        each_sample(n, extra, |i, e| {
+            let mut labels = vec![label("name", &names[i])];
+            if let Some((k, v)) = e {
+                labels.push(label(k, v));
             }
-        }
+            let mut m = Metric::from_label(labels);
+            if counter {
+                let mut c = Counter::default();
+                c.set_value(i as f64 * 1.5);
+                m.set_counter(c);
+            } else {
+                let mut g = Gauge::default();
+                g.set_value(i as f64 * 1.5);
+                m.set_gauge(g);
+            }
+            mf.mut_metric().push(m);
+        });
         mfs.push(mf);
     }
     prometheus::TextEncoder::new().encode(&mfs, &mut out).unwrap();
     out.len()
+}
+
+/// procwatch's encoder before prometheus-client: `# HELP`/`# TYPE` and samples written by hand
+/// into a reused String.
+fn hand_encode(n: usize, names: &[String], out: &mut String) -> usize {
+    use std::fmt::Write as _;
+    out.clear();
+    for (name, counter, extra) in FAMILIES {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {HELP}\n# TYPE {name} {}",
+            if counter { "counter" } else { "gauge" }
+        );
+        each_sample(n, extra, |i, e| {
+            out.push_str(name);
+            out.push_str("{name=\"");
+            for c in names[i].chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '"' => out.push_str("\\\""),
+                    '\n' => out.push_str("\\n"),
+                    c => out.push(c),
+                }
+            }
+            out.push('"');
+            if let Some((k, v)) = e {
+                let _ = write!(out, ",{k}=\"{v}\"");
+            }
+            out.push_str("} ");
+            let value = i as f64 * 1.5;
+            if value.fract() == 0.0 && value.abs() < 1e15 {
+                let _ = write!(out, "{}", value as i64);
+            } else {
+                let _ = write!(out, "{value}");
+            }
+            out.push('\n');
+        });
+    }
+    out.len()
+}
+
+/// The same page through prometheus-client, as procwatch writes it now: a `Collector` whose
+/// `DescriptorEncoder` writes straight into the buffer; `openmetrics` picks the encoder.
+fn client_encode(n: usize, names: &[String], out: &mut String, openmetrics: bool) -> usize {
+    use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+    use prometheus_client::metrics::MetricType;
+    #[derive(Debug)]
+    struct Page(usize, std::sync::Arc<Vec<String>>);
+    impl prometheus_client::collector::Collector for Page {
+        fn encode(&self, mut enc: DescriptorEncoder<'_>) -> std::fmt::Result {
+            for (name, counter, extra) in FAMILIES {
+                let (name, ty) = if counter {
+                    (name.strip_suffix("_total").unwrap(), MetricType::Counter)
+                } else {
+                    (name, MetricType::Gauge)
+                };
+                let mut m = enc.encode_descriptor(name, HELP, None, ty)?;
+                let mut r = Ok(());
+                each_sample(self.0, extra, |i, e| {
+                    let value = i as f64 * 1.5;
+                    let labels: &[(&str, &str)] = &[("name", &self.1[i]), e.unwrap_or(("", ""))];
+                    let labels = if e.is_some() { labels } else { &labels[..1] };
+                    r = r.and_then(|()| {
+                        let mut s = m.encode_family(&labels)?;
+                        if counter {
+                            s.encode_counter::<NoLabelSet, _, u64>(&value, None)
+                        } else {
+                            s.encode_gauge(&value)
+                        }
+                    });
+                });
+                r?;
+            }
+            Ok(())
+        }
+    }
+    out.clear();
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(Page(n, std::sync::Arc::new(names.to_vec()))));
+    if openmetrics {
+        prometheus_client::encoding::text::encode(out, &registry).unwrap();
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(out, &registry).unwrap();
+    }
+    out.len()
+}
+
+/// CPU per call of `f`, after one warm-up call.
+fn cpu_per(rounds: u32, mut f: impl FnMut() -> usize) -> (Duration, usize) {
+    let mut bytes = f();
+    let t0 = process_cpu();
+    for _ in 0..rounds {
+        bytes = f();
+    }
+    ((process_cpu() - t0) / rounds, bytes)
+}
+
+fn encoders(n: usize, quick: bool) {
+    let names: Vec<String> = (0..n).map(|i| format!("p{i}")).collect();
+    let rounds = if quick { 5 } else { 20 };
+    let mut buf = String::new();
+    let (hand, hb) = cpu_per(rounds, || hand_encode(n, &names, &mut buf));
+    let (client, cb) = cpu_per(rounds, || client_encode(n, &names, &mut buf, false));
+    let (om, ob) = cpu_per(rounds, || client_encode(n, &names, &mut buf, true));
+    let (krate, kb) = cpu_per(rounds, || prometheus_crate_encode(n, &names));
+    let (gz, gzb) = cpu_per(rounds, || procwatch::metrics::gzip(buf.as_bytes()).len());
+    println!(
+        "encoding {n} programs' page ({} samples): hand-written {:.3} ms ({hb} B), prometheus-client text {:.3} ms ({cb} B), \
+         OpenMetrics {:.3} ms ({ob} B), prometheus crate {:.3} ms ({kb} B); gzip of the OpenMetrics page {:.3} ms ({gzb} B)",
+        n * 29,
+        ms(hand),
+        ms(client),
+        ms(om),
+        ms(krate),
+        ms(gz)
+    );
 }
 
 struct Row {
@@ -173,14 +306,14 @@ struct Row {
     p99: Duration,
     idle_pct: f64,
     rss: u64,
-    /// The same reads through the `procfs` crate, for the choice of direct parsing.
-    procfs_crate: Duration,
+    /// The floor with open/read/close per file instead of kept fds.
+    orc_floor: Duration,
 }
 
 impl Row {
     fn print(&self) {
         println!(
-            "{:>12} {:>8.2} {:>8.3} ms {:>7.3} ms {:>7.2} µs {:>6.2} {:>8.2} ms {:>8.2} ms {:>10.3}% {:>5.1} MiB {:>9.3} ms",
+            "{:>13} {:>8.2} {:>8.3} ms {:>7.3} ms {:>7.2} µs {:>6.2} {:>8.2} ms {:>8.2} ms {:>10.3}% {:>5.1} MiB {:>9.3} ms",
             self.label,
             self.start.as_secs_f64(),
             ms(self.scrape_cpu),
@@ -191,7 +324,7 @@ impl Row {
             ms(self.p99),
             self.idle_pct,
             self.rss as f64 / (1024.0 * 1024.0),
-            ms(self.procfs_crate),
+            ms(self.orc_floor),
         );
     }
 }
@@ -233,6 +366,10 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     for _ in 0..3 {
         pw.get("/metrics");
     }
+    if procs == 1000 && label == "1000" {
+        parsers(&pids, quick);
+        process_exporter(&pw, &pids, rounds.min(20), clk);
+    }
     let cpu0 = pw.cpu(clk);
     let mut lat = Vec::with_capacity(rounds);
     for _ in 0..rounds {
@@ -244,17 +381,10 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     let scrape_cpu = (pw.cpu(clk) - cpu0) / rounds as u32;
     lat.sort();
 
-    floor_pass(&pids);
-    let f0 = process_cpu();
-    for _ in 0..rounds {
-        floor_pass(&pids);
-    }
-    let floor = (process_cpu() - f0) / rounds as u32;
-    let c0 = process_cpu();
-    for _ in 0..rounds {
-        procfs_crate_pass(&pids);
-    }
-    let procfs_crate = (process_cpu() - c0) / rounds as u32;
+    let kept = KeptFloor::open(&pids, &mains);
+    let (floor, _) = cpu_per(rounds as u32, || kept.pass() as usize);
+    drop(kept);
+    let (orc_floor, _) = cpu_per(rounds as u32, || floor_pass(&pids, &mains) as usize);
 
     let idle_for = if quick {
         Duration::from_secs(3)
@@ -275,63 +405,214 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
         p99: lat[(lat.len() * 99 / 100).min(lat.len() - 1)],
         idle_pct,
         rss,
-        procfs_crate,
+        orc_floor,
     };
     pw.stop();
     row
 }
 
-/// The floor: open, read and parse exactly the files procwatch reads for each process of a
-/// tree: /proc/PID/stat, /proc/PID/task/PID/children, and the size of /proc/PID/fd.
-fn floor_pass(pids: &[i32]) -> u64 {
-    let mut buf = Vec::with_capacity(1024);
+/// The files procwatch reads per process with every group on: stat, status, io, the main
+/// thread's children, the fd directory's size, and for main processes limits.
+const FILES: [&str; 4] = ["stat", "status", "io", "task/{pid}/children"];
+
+/// The floor: the same reads as procwatch, done the same way (fds kept open, `pread` at offset
+/// 0, `fstat` of the fd directory), with nothing parsed, encoded or served.
+struct KeptFloor {
+    files: Vec<std::fs::File>,
+    dirs: Vec<std::fs::File>,
+}
+
+impl KeptFloor {
+    fn open(pids: &[i32], mains: &[i32]) -> KeptFloor {
+        let mut files = Vec::new();
+        let mut dirs = Vec::new();
+        for &pid in pids {
+            for f in FILES {
+                let path = format!("/proc/{pid}/{}", f.replace("{pid}", &pid.to_string()));
+                files.extend(std::fs::File::open(path));
+            }
+            dirs.extend(std::fs::File::open(format!("/proc/{pid}/fd")));
+        }
+        for &pid in mains {
+            files.extend(std::fs::File::open(format!("/proc/{pid}/limits")));
+        }
+        KeptFloor { files, dirs }
+    }
+
+    fn pass(&self) -> u64 {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; 4096];
+        let mut acc = 0u64;
+        for f in &self.files {
+            acc += f.read_at(&mut buf, 0).unwrap_or(0) as u64;
+        }
+        for d in &self.dirs {
+            acc += d.metadata().map_or(0, |m| m.len());
+        }
+        acc
+    }
+}
+
+/// The floor as it would be without kept fds: each file opened, read and closed.
+fn floor_pass(pids: &[i32], mains: &[i32]) -> u64 {
+    let mut buf = Vec::with_capacity(4096);
     let mut acc = 0u64;
+    let mut read = |path: String| {
+        buf.clear();
+        if let Ok(mut f) = std::fs::File::open(path) {
+            acc += f.read_to_end(&mut buf).unwrap_or(0) as u64;
+        }
+    };
     for &pid in pids {
-        buf.clear();
-        if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/stat")) {
-            let _ = f.read_to_end(&mut buf);
+        for f in FILES {
+            read(format!("/proc/{pid}/{}", f.replace("{pid}", &pid.to_string())));
         }
-        // Parse what procwatch uses: the fields after the command name.
-        if let Some(close) = buf.iter().rposition(|&b| b == b')') {
-            let rest = std::str::from_utf8(&buf[close + 2..]).unwrap_or("");
-            acc += rest
-                .split_ascii_whitespace()
-                .take(22)
-                .filter_map(|f| f.parse::<i64>().ok())
-                .map(|v| v as u64)
-                .fold(0u64, u64::wrapping_add);
-        }
-        buf.clear();
-        if let Ok(mut f) = std::fs::File::open(format!("/proc/{pid}/task/{pid}/children")) {
-            let _ = f.read_to_end(&mut buf);
-        }
-        acc += buf.len() as u64;
-        acc += std::fs::metadata(format!("/proc/{pid}/fd"))
-            .map(|m| m.len())
-            .unwrap_or(0);
+    }
+    for &pid in mains {
+        read(format!("/proc/{pid}/limits"));
+    }
+    for &pid in pids {
+        acc += std::fs::metadata(format!("/proc/{pid}/fd")).map_or(0, |m| m.len());
     }
     acc
 }
 
-/// The same information through the `procfs` crate: stat, the main thread's children, and
-/// the fd count (which it takes by listing the fd directory).
-fn procfs_crate_pass(pids: &[i32]) -> u64 {
-    let mut acc = 0u64;
-    for &pid in pids {
-        let Ok(p) = procfs::process::Process::new(pid) else {
-            continue;
-        };
-        if let Ok(st) = p.stat() {
-            acc = acc.wrapping_add(st.utime + st.stime + st.rss);
-        }
-        if let Ok(t) = p.task_main_thread()
-            && let Ok(c) = t.children()
-        {
-            acc += c.len() as u64;
-        }
-        acc += p.fd_count().unwrap_or(0) as u64;
+/// The `procfs` crate's parsers (what procwatch uses) against hand-written ones (what it used
+/// before, and a minimal scan for status and io), on the same bytes read from the same 1000
+/// processes.
+fn parsers(pids: &[i32], quick: bool) {
+    let read = |f: &str| -> Vec<Vec<u8>> {
+        pids.iter()
+            .filter_map(|pid| std::fs::read(format!("/proc/{pid}/{f}")).ok())
+            .collect()
+    };
+    let (stats, statuses, ios) = (read("stat"), read("status"), read("io"));
+    let rounds = if quick { 5 } else { 20 };
+    let per = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n as f64;
+    let (crate_stat, _) = cpu_per(rounds, || {
+        stats.iter().filter_map(|b| procwatch::procfs::parse_stat(b)).count()
+    });
+    let (hand_stat, _) = cpu_per(rounds, || stats.iter().filter_map(|b| hand_parse_stat(b)).count());
+    let (crate_status, _) = cpu_per(rounds, || {
+        statuses
+            .iter()
+            .filter_map(|b| procwatch::procfs::parse_status(b))
+            .count()
+    });
+    let (hand_status, _) = cpu_per(rounds, || {
+        statuses
+            .iter()
+            .filter(|b| {
+                hand_fields(
+                    b,
+                    &["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:", "VmSwap:"],
+                ) > 0
+            })
+            .count()
+    });
+    let (crate_io, _) = cpu_per(rounds, || {
+        ios.iter().filter_map(|b| procwatch::procfs::parse_io(b)).count()
+    });
+    let (hand_io, _) = cpu_per(rounds, || {
+        ios.iter()
+            .filter(|b| hand_fields(b, &["read_bytes:", "write_bytes:", "cancelled_write_bytes:"]) > 0)
+            .count()
+    });
+    println!(
+        "parsing per process, procfs crate vs by hand: stat {:.2} vs {:.2} µs, status {:.2} vs {:.2} µs, io {:.2} vs {:.2} µs",
+        per(crate_stat, stats.len()),
+        per(hand_stat, stats.len()),
+        per(crate_status, statuses.len()),
+        per(hand_status, statuses.len()),
+        per(crate_io, ios.len()),
+        per(hand_io, ios.len()),
+    );
+}
+
+/// procwatch's stat parser before the procfs crate: fields counted after the last `)`.
+fn hand_parse_stat(text: &[u8]) -> Option<[i64; 22]> {
+    let close = text.iter().rposition(|&b| b == b')')?;
+    let rest = std::str::from_utf8(text.get(close + 2..)?).ok()?;
+    let mut out = [0i64; 22];
+    let mut f = rest.split_ascii_whitespace();
+    f.next()?;
+    for v in &mut out {
+        *v = f.next()?.parse().ok()?;
     }
-    acc
+    Some(out)
+}
+
+/// Sums the values of `keys` in a `key: value` file: the least a parser must do.
+fn hand_fields(text: &[u8], keys: &[&str]) -> u64 {
+    let text = std::str::from_utf8(text).unwrap_or("");
+    text.lines()
+        .filter_map(|l| {
+            let key = keys.iter().find(|k| l.starts_with(**k))?;
+            l[key.len()..].split_ascii_whitespace().next()?.parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// The Go process-exporter (Debian's prometheus-process-exporter) with its default flags,
+/// tracking the same processes (`-procnames sleep`), scraped `rounds` times beside procwatch.
+fn process_exporter(pw: &Pw, pids: &[i32], rounds: usize, clk: f64) {
+    let bin = "/usr/bin/prometheus-process-exporter";
+    if !Path::new(bin).exists() {
+        println!(
+            "!!! process-exporter: SKIPPED, {bin} is not installed (apt-get install prometheus-process-exporter): no side-by-side figure"
+        );
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = Command::new(bin)
+        .args([
+            "-procnames",
+            "sleep",
+            "-web.listen-address",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pe = Pw {
+        child,
+        addr: format!("127.0.0.1:{port}"),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let body = wait(Duration::from_secs(30), || {
+        let b = std::panic::catch_unwind(|| pe.get("/metrics")).ok()?;
+        b.contains("namedprocess_namegroup_num_procs").then_some(b)
+    });
+    let tracked = sum(&body, "namedprocess_namegroup_num_procs{groupname=\"sleep\"}");
+    for _ in 0..3 {
+        pe.get("/metrics");
+        pw.get("/metrics");
+    }
+    let (p0, w0) = (pe.cpu(clk), pw.cpu(clk));
+    for _ in 0..rounds {
+        pe.get("/metrics");
+    }
+    let pe_cpu = (pe.cpu(clk) - p0) / rounds as u32;
+    for _ in 0..rounds {
+        pw.get("/metrics");
+    }
+    let pw_cpu = (pw.cpu(clk) - w0) / rounds as u32;
+    println!(
+        "process-exporter (default flags, -procnames sleep, tracking {tracked} of the {} processes): {:.3} ms of CPU per scrape, \
+         procwatch {:.3} ms: {:.1}x less; process-exporter RSS {:.1} MiB",
+        pids.len(),
+        ms(pe_cpu),
+        ms(pw_cpu),
+        pe_cpu.as_secs_f64() / pw_cpu.as_secs_f64(),
+        pe.rss() as f64 / (1024.0 * 1024.0)
+    );
+    pe.stop();
 }
 
 /// Every process in the trees under `roots`, roots included.

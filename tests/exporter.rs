@@ -191,7 +191,10 @@ fn openmetrics_gzip_and_head_round_trip() {
     assert!(!head.contains("content-encoding"), "{head}");
     let plain = String::from_utf8(plain).unwrap();
     assert!(!plain.contains("# EOF"));
-    assert!(plain.contains("procwatch_process_minor_page_faults_total{name=\"p\"}"), "{plain}");
+    assert!(
+        plain.contains("procwatch_process_minor_page_faults_total{name=\"p\"}"),
+        "{plain}"
+    );
 
     let om = "Accept: application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5\r\n";
     let (head, body) = get_raw(&pw.addr, "GET", om);

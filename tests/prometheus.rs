@@ -243,12 +243,17 @@ struct Prometheus {
 
 impl Prometheus {
     fn start(bin: &Path, target: &str) -> Prometheus {
+        Self::start_with(bin, &format!("static_configs: [{{targets: ['{target}']}}]"))
+    }
+
+    /// `targets`: the target part of the `procwatch` job's scrape config.
+    fn start_with(bin: &Path, targets: &str) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("prometheus.yml");
         std::fs::write(
             &config,
             format!(
-                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{}]\nscrape_configs:\n  - job_name: procwatch\n    static_configs: [{{targets: ['{target}']}}]\n",
+                "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nrule_files: [{}]\nscrape_configs:\n  - job_name: procwatch\n    {targets}\n",
                 repo("deploy/prometheus/alerts.yml").display()
             ),
         )
@@ -388,4 +393,195 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
     // A single-threaded loop: some of a core (the machine is shared with other tests), and
     // never more than one; a counter that reset or double-counted would show here.
     assert!((0.05..=1.05).contains(&rate), "busy's CPU rate: {rate}");
+}
+
+/// Three hosts made by the test: a network namespace each, joined to this one by a veth pair
+/// with private addresses that exist only for the test. Removed on drop (which takes the veth
+/// pairs with them), after the processes in them are stopped.
+struct Hosts {
+    names: Vec<String>,
+    procwatches: Vec<Child>,
+}
+
+impl Hosts {
+    fn make(n: usize) -> Result<Hosts, String> {
+        let tag = std::process::id() % 100_000;
+        let mut hosts = Hosts {
+            names: Vec::new(),
+            procwatches: Vec::new(),
+        };
+        for i in 0..n {
+            let ns = format!("pwtest-{tag}-{i}");
+            let (outer, inner) = (format!("pw{tag}h{i}"), format!("pw{tag}n{i}"));
+            let ip = |args: &[&str]| -> Result<(), String> {
+                let out = Command::new("ip").args(args).output().map_err(|e| format!("ip: {e}"))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("ip {args:?}: {}", String::from_utf8_lossy(&out.stderr)))
+                }
+            };
+            ip(&["netns", "add", &ns])?;
+            hosts.names.push(ns.clone());
+            ip(&["link", "add", &outer, "type", "veth", "peer", "name", &inner])?;
+            ip(&["link", "set", &inner, "netns", &ns])?;
+            ip(&["addr", "add", &format!("10.213.{i}.1/30"), "dev", &outer])?;
+            ip(&["link", "set", &outer, "up"])?;
+            ip(&["-n", &ns, "addr", "add", &format!("10.213.{i}.2/30"), "dev", &inner])?;
+            ip(&["-n", &ns, "link", "set", &inner, "up"])?;
+            ip(&["-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        Ok(hosts)
+    }
+
+    /// Starts procwatch in host `i` on `10.213.i.2:9407`; returns that address.
+    fn start_procwatch(&mut self, i: usize, config: &Path, log: &Path) -> String {
+        let addr = format!("10.213.{i}.2:9407");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.names[i], util::BIN, "--config"])
+            .arg(config)
+            .args(["--web.listen-address", &addr])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap();
+        self.procwatches.push(child);
+        addr
+    }
+}
+
+impl Drop for Hosts {
+    fn drop(&mut self) {
+        for c in &mut self.procwatches {
+            // SAFETY: plain syscall to our own child (`ip netns exec` execs procwatch).
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+        for c in &mut self.procwatches {
+            let _ = c.wait();
+        }
+        for ns in &self.names {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+#[test]
+fn three_hosts_one_prometheus_and_the_instance_variable_selects_each() {
+    let Some(prometheus) = tool("prometheus") else { return };
+    if which("ip").is_none() {
+        assert!(
+            std::env::var_os("PROCWATCH_REQUIRE_PROMETHEUS").is_none(),
+            "ip (iproute2) is not on PATH and PROCWATCH_REQUIRE_PROMETHEUS is set"
+        );
+        eprintln!("skipped: ip (iproute2) is not on PATH");
+        return;
+    }
+    let mut hosts = match Hosts::make(3) {
+        Ok(h) => h,
+        Err(e) if std::env::var_os("PROCWATCH_REQUIRE_PROMETHEUS").is_none() => {
+            eprintln!("skipped: cannot make network namespaces here (needs root): {e}");
+            return;
+        }
+        Err(e) => panic!("cannot make network namespaces: {e}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut addrs = Vec::new();
+    for i in 0..3 {
+        let config = dir.path().join(format!("host{i}.yaml"));
+        std::fs::write(
+            &config,
+            format!(
+                "status_interval: 0\nprocesses:\n  - name: app\n    command: [sh, -c, 'while :; do head -c 1000000 /dev/zero > /dev/null; sleep 0.05; done']\n  - name: only-on-host{i}\n    command: [sleep, '600']\nwatches:\n  - name: here\n    path: {}\n",
+                dir.path().display()
+            ),
+        )
+        .unwrap();
+        let log = dir.path().join(format!("host{i}.log"));
+        let addr = hosts.start_procwatch(i, &config, &log);
+        wait_for(Duration::from_secs(30), &format!("procwatch in host {i}"), || {
+            http(&addr, "GET", "/-/ready", "").ok().filter(|r| r.0 == 200)
+        });
+        addrs.push(addr);
+    }
+    // One Prometheus in this namespace, its targets from a file_sd file.
+    let targets = dir.path().join("targets.json");
+    std::fs::write(
+        &targets,
+        serde_json::json!([{"targets": addrs, "labels": {"env": "test"}}]).to_string(),
+    )
+    .unwrap();
+    let prom = Prometheus::start_with(
+        &prometheus,
+        &format!(
+            "file_sd_configs: [{{files: ['{}'], refresh_interval: 1s}}]",
+            targets.display()
+        ),
+    );
+    wait_for(Duration::from_secs(60), "Prometheus to scrape all three", || {
+        prom.query("up{job=\"procwatch\"} == 1").filter(|r| r.len() == 3)
+    });
+
+    let d = dashboard();
+    // The instance variable offers every host.
+    let var = d["templating"]["list"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "instance")
+        .unwrap();
+    let def = var["definition"].as_str().unwrap();
+    let (metric, label) = def
+        .trim_start_matches("label_values(")
+        .trim_end_matches(')')
+        .rsplit_once(',')
+        .unwrap();
+    let q = format!("group by ({}) ({})", label.trim(), fill(metric.trim(), ".*"));
+    let offered = wait_for(Duration::from_secs(60), "the instance variable's values", || {
+        let r = prom.query(&q)?;
+        let mut v: Vec<String> = r
+            .iter()
+            .filter_map(|s| s["metric"]["instance"].as_str().map(str::to_owned))
+            .collect();
+        v.sort();
+        (v.len() == 3).then_some(v)
+    });
+    let mut want = addrs.clone();
+    want.sort();
+    assert_eq!(offered, want);
+
+    // Selecting each host, every panel shows that host's data and only that host's.
+    for (i, addr) in addrs.iter().enumerate() {
+        for (title, expr) in panel_queries(&d) {
+            let q = fill(&expr, addr);
+            let r = wait_for(
+                Duration::from_secs(60),
+                &format!("panel {title:?} on host {i}: {q}"),
+                || prom.query(&q).filter(|r| !r.is_empty()),
+            );
+            for series in &r {
+                let inst = series["metric"]["instance"].as_str();
+                assert!(
+                    inst.is_none() || inst == Some(addr.as_str()),
+                    "panel {title:?} for {addr} shows {inst:?}: {q}"
+                );
+            }
+        }
+        let only = prom
+            .query(&fill(
+                "procwatch_process_up{job=~\"$job\",instance=~\"$instance\"}",
+                addr,
+            ))
+            .unwrap();
+        let names: Vec<&str> = only.iter().filter_map(|s| s["metric"]["name"].as_str()).collect();
+        assert!(names.contains(&format!("only-on-host{i}").as_str()), "{names:?}");
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+    drop(prom);
+    let names = hosts.names.clone();
+    drop(hosts);
+    let left = String::from_utf8(Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).unwrap();
+    for ns in names {
+        assert!(!left.contains(&ns), "{ns} was not removed:\n{left}");
+    }
 }
