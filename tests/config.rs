@@ -436,6 +436,23 @@ fn fifos_pipes_and_devices_are_refused_without_blocking() {
             "web config {path}: {err}"
         );
     }
+    // The web config's certificate files too.
+    let web = dir.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!("tls_server_config:\n  cert_file: {fifo}\n  key_file: {fifo}\n"),
+    )
+    .unwrap();
+    let (code, err) = run_within_10s(
+        &["--check-config", "--web.config.file", web.to_str().unwrap()],
+        dir.path(),
+        &m,
+    );
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("tls_server_config.cert_file") && err.contains("not a regular file (a FIFO)"),
+        "{err}"
+    );
 
     // While running: the config, then the web config, replaced by a FIFO.
     let (dir, config) = util::config_dir("processes:\n  - name: a\n    command: [sleep, '600']\n");

@@ -20,7 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::{Checker, ConfigError, parse_yaml, read_text};
+use crate::config::{Checker, ConfigError, MAX_CONFIG_BYTES, parse_yaml, read_bounded, read_text};
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -146,6 +146,17 @@ impl WebConfig {
     }
 }
 
+/// PEM files are read as the config is: regular files only, bounded (a FIFO would block).
+fn read_pem(path: &Path) -> Result<Vec<u8>, String> {
+    read_bounded(path, MAX_CONFIG_BYTES).map_err(|e| e.to_string())
+}
+
+fn pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
+    CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| e.to_string())
+}
+
 fn tls_config(
     c: &Checker<'_>,
     base: &Path,
@@ -163,15 +174,13 @@ fn tls_config(
     };
     let (cert_path, cert_at) = required(&raw.cert_file, "cert_file")?;
     let (key_path, key_at) = required(&raw.key_file, "key_file")?;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&cert_path)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .or_else(|e| {
-            c.err(
-                &cert_at,
-                "tls_server_config.cert_file",
-                format!("cannot read certificates from {}: {e}", cert_path.display()),
-            )
-        })?;
+    let certs: Vec<CertificateDer<'static>> = read_pem(&cert_path).and_then(|pem| pem_certs(&pem)).or_else(|e| {
+        c.err(
+            &cert_at,
+            "tls_server_config.cert_file",
+            format!("cannot read certificates from {}: {e}", cert_path.display()),
+        )
+    })?;
     if certs.is_empty() {
         return c.err(
             &cert_at,
@@ -179,13 +188,15 @@ fn tls_config(
             format!("no certificate in {}", cert_path.display()),
         );
     }
-    let key = PrivateKeyDer::from_pem_file(&key_path).or_else(|e| {
-        c.err(
-            &key_at,
-            "tls_server_config.key_file",
-            format!("cannot read a private key from {}: {e}", key_path.display()),
-        )
-    })?;
+    let key = read_pem(&key_path)
+        .and_then(|pem| PrivateKeyDer::from_pem_slice(&pem).map_err(|e| e.to_string()))
+        .or_else(|e| {
+            c.err(
+                &key_at,
+                "tls_server_config.key_file",
+                format!("cannot read a private key from {}: {e}", key_path.display()),
+            )
+        })?;
     files.extend([cert_path, key_path.clone()]);
 
     let version = |v: &Option<Spanned<String>>, key: &str, default: u8| match v {
@@ -239,15 +250,13 @@ fn tls_config(
             };
             let ca_path = base.join(&ca.value);
             let mut roots = rustls::RootCertStore::empty();
-            let cas = CertificateDer::pem_file_iter(&ca_path)
-                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .or_else(|e| {
-                    c.err(
-                        &ca.referenced,
-                        "tls_server_config.client_ca_file",
-                        format!("cannot read {}: {e}", ca_path.display()),
-                    )
-                })?;
+            let cas = read_pem(&ca_path).and_then(|pem| pem_certs(&pem)).or_else(|e| {
+                c.err(
+                    &ca.referenced,
+                    "tls_server_config.client_ca_file",
+                    format!("cannot read {}: {e}", ca_path.display()),
+                )
+            })?;
             for cert in cas {
                 roots
                     .add(cert)
