@@ -42,22 +42,26 @@
     return b;
   }
 
+  // The cells of a row, by class, and their text for a program.
+  const CELLS = [
+    ["name", (p) => p.name],
+    ["state", (p) => p.state],
+    ["ready", (p) => (p.ready ? "yes" : "no")],
+    ["pid", (p) => (p.pid === null ? "-" : String(p.pid))],
+    ["uptime", (p) => (p.pid === null ? "-" : duration(p.uptime_seconds))],
+    ["cpu", (p) => (p.cpu_user_seconds + p.cpu_system_seconds).toFixed(2) + "s"],
+    ["memory", (p) => (p.memory_bytes === null ? "-" : bytes(p.memory_bytes))],
+    ["restarts", (p) => String(p.restarts)],
+    ["last-exit", (p) => (p.last_exit ? p.last_exit.code + " (" + p.last_exit.reason + ")" : "-")],
+  ];
+
   function row(p) {
     const tr = document.createElement("tr");
     tr.dataset.name = p.name;
-    tr.appendChild(cell(p.name, "name"));
-    tr.appendChild(cell(p.state, "state " + p.state));
-    tr.appendChild(cell(p.ready ? "yes" : "no", "ready"));
-    tr.appendChild(cell(p.pid === null ? "-" : String(p.pid), "pid"));
-    tr.appendChild(cell(p.pid === null ? "-" : duration(p.uptime_seconds), "uptime"));
-    tr.appendChild(cell((p.cpu_user_seconds + p.cpu_system_seconds).toFixed(2) + "s", "cpu"));
-    tr.appendChild(cell(p.memory_bytes === null ? "-" : bytes(p.memory_bytes), "memory"));
-    tr.appendChild(cell(String(p.restarts), "restarts"));
-    tr.appendChild(cell(p.last_exit ? p.last_exit.code + " (" + p.last_exit.reason + ")" : "-", "last-exit"));
+    tr.dataset.live = "1";
+    for (const [cls] of CELLS) tr.appendChild(cell("", cls));
     const cmd = cell("", "command");
-    const code = document.createElement("code");
-    code.textContent = p.command.join(" ");
-    cmd.appendChild(code);
+    cmd.appendChild(document.createElement("code"));
     tr.appendChild(cmd);
     const actions = cell("", "actions");
     actions.appendChild(button(p.name, "logs"));
@@ -66,6 +70,18 @@
     }
     tr.appendChild(actions);
     return tr;
+  }
+
+  // Updates a row in place, so that a button keeps existing (and a click on it is not lost)
+  // across refreshes.
+  function update(tr, p) {
+    for (const [cls, text] of CELLS) {
+      const td = tr.querySelector("td." + cls);
+      const t = text(p);
+      if (td.textContent !== t) td.textContent = t;
+    }
+    tr.querySelector("td.state").className = "state " + p.state;
+    tr.querySelector("td.command code").textContent = p.command.join(" ");
   }
 
   function status(text, isError) {
@@ -80,7 +96,14 @@
       if (!resp.ok) throw new Error("HTTP " + resp.status);
       const data = await resp.json();
       const tbody = document.querySelector("#programs tbody");
-      const rows = data.programs.map(row);
+      const old = new Map();
+      for (const tr of tbody.querySelectorAll("tr[data-live]")) old.set(tr.dataset.name, tr);
+      const rows = data.programs.map((p) => {
+        const tr = old.get(p.name) || row(p);
+        update(tr, p);
+        return tr;
+      });
+      // Re-appending a row that is already in place keeps it (and its buttons).
       tbody.replaceChildren(...rows);
       status("updated " + new Date().toLocaleTimeString(), false);
       document.body.dataset.refreshed = String((Number(document.body.dataset.refreshed) || 0) + 1);
