@@ -188,6 +188,7 @@ fn the_dashboard_is_portable_and_complete() {
         "procwatch_process_resident_memory_bytes",
         "procwatch_process_uptime_seconds",
         "procwatch_process_restarts_total",
+        "procwatch_process_control_actions_total",
         "procwatch_process_exits_total",
         "procwatch_process_threads",
         "procwatch_process_open_fds",
