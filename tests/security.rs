@@ -453,3 +453,81 @@ fn a_port_alone_listens_on_ipv4_and_ipv6() {
     }
     drop(pw);
 }
+
+/// How long one bcrypt check at `cost` takes here and now (the machine may be loaded).
+fn bcrypt_time(hash: &str) -> Duration {
+    let t0 = Instant::now();
+    let _ = bcrypt::verify("calibration", hash);
+    t0.elapsed()
+}
+
+/// With a real bcrypt cost: an unknown user takes as long as a known one with a wrong
+/// password (no user-name discovery by timing), and 60 clients hammering wrong passwords do
+/// not hold up a correct scrape (failures are remembered as successes are).
+#[test]
+fn wrong_passwords_neither_reveal_users_nor_starve_a_correct_scrape() {
+    let dir = tempfile::tempdir().unwrap();
+    let web = dir.path().join("web.yml");
+    let real = bcrypt::hash("s3cret", 10).unwrap();
+    std::fs::write(&web, format!("basic_auth_users:\n  prometheus: '{real}'\n")).unwrap();
+    let pw = Procwatch::start("processes: []\n", &["--web.config.file", web.to_str().unwrap()]);
+    let addr = pw.addr.clone();
+    let timed = |credentials: &str| {
+        let t0 = Instant::now();
+        let status = http(&addr, "GET", "/-/healthy", &basic(credentials)).unwrap().0;
+        (status, t0.elapsed())
+    };
+
+    // Timing: each attempt with a new password, so that nothing is answered from memory.
+    let (mut known, mut unknown) = (Duration::ZERO, Duration::ZERO);
+    for i in 0..3 {
+        let (s1, t1) = timed(&format!("prometheus:wrong{i}"));
+        let (s2, t2) = timed(&format!("nobody:wrong{i}"));
+        assert_eq!((s1, s2), (401, 401));
+        known += t1;
+        unknown += t2;
+    }
+    eprintln!("3 wrong passwords: {known:?} for a known user, {unknown:?} for an unknown one");
+    assert!(
+        unknown * 2 > known,
+        "an unknown user answers faster ({unknown:?}) than a known one ({known:?})"
+    );
+
+    // 60 clients, each repeating its own wrong password on a keep-alive connection.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let rounds: Vec<Arc<std::sync::atomic::AtomicU32>> = (0..60).map(|_| Default::default()).collect();
+    let attackers: Vec<_> = rounds
+        .iter()
+        .enumerate()
+        .map(|(i, done)| {
+            let (addr, stop, done) = (pw.addr.clone(), Arc::clone(&stop), Arc::clone(done));
+            std::thread::spawn(move || {
+                let mut conn = KeepAlive(TcpStream::connect(&addr).unwrap());
+                conn.0.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    assert_eq!(conn.get("/metrics", &format!("prometheus:guess{i}")), 401);
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    // Every attacker has been answered at least twice: their first bcrypt is behind us.
+    wait_for(Duration::from_secs(300), "every attacker to be answered twice", || {
+        rounds
+            .iter()
+            .all(|r| r.load(std::sync::atomic::Ordering::Relaxed) >= 2)
+            .then_some(())
+    });
+    let (status, took) = timed("prometheus:s3cret");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        a.join().unwrap();
+    }
+    // One bcrypt, plus at most the two that may be running: under 1 s on an idle machine; a
+    // loaded one gets as many of its own bcrypt times.
+    let one = bcrypt_time(&real);
+    let limit = Duration::from_secs(1).max(one * 4);
+    eprintln!("a correct scrape among 60 attackers: {took:?} (one bcrypt here: {one:?})");
+    assert_eq!(status, 200);
+    assert!(took < limit, "a correct scrape took {took:?} (limit {limit:?})");
+}
