@@ -531,3 +531,120 @@ fn wrong_passwords_neither_reveal_users_nor_starve_a_correct_scrape() {
     assert_eq!(status, 200);
     assert!(took < limit, "a correct scrape took {took:?} (limit {limit:?})");
 }
+
+/// A TCP connection with a small receive buffer, as a client that reads slowly has.
+fn small_window_connect(addr: &str) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    let addr: std::net::SocketAddrV4 = addr.parse().unwrap();
+    // SAFETY: a fresh socket, handed to TcpStream, which owns and closes it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let size: libc::c_int = 4096;
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            (&raw const size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let rc = libc::connect(
+            fd,
+            (&raw const sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(rc, 0, "connect: {}", std::io::Error::last_os_error());
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+/// A client that pipelines scrapes and reads none of the answers, until procwatch stops
+/// reading its requests (its answers fill the socket buffers): returns how many it sent.
+fn stall(conn: &mut TcpStream) -> usize {
+    conn.set_write_timeout(Some(Duration::from_secs(2))).unwrap();
+    let request = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    let mut sent = 0;
+    loop {
+        match conn.write_all(request) {
+            Ok(()) => sent += 1,
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return sent;
+            }
+            Err(e) => panic!("after {sent} requests: {e}"),
+        }
+        assert!(sent < 1_000_000, "procwatch never stopped reading");
+    }
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_its_connection() {
+    let pw = Procwatch::start("status_interval: 0\nprocesses: []\n", &[]);
+    let mut conn = small_window_connect(&pw.addr);
+    let sent = stall(&mut conn);
+    // procwatch's write timeout is 10 s: well past it, the client reads again.
+    std::thread::sleep(Duration::from_secs(13));
+    // The connection must be closed (EOF or a reset), not resumed where it stalled.
+    conn.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    let (mut raw, mut buf) = (Vec::new(), [0u8; 65536]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let closed = loop {
+        match conn.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break true,
+        }
+        if Instant::now() > deadline {
+            break false;
+        }
+    };
+    let answered = String::from_utf8_lossy(&raw).matches("HTTP/1.1 200 OK").count();
+    eprintln!("{sent} requests sent, {answered} answered, then closed: {closed}");
+    assert!(
+        closed && answered < sent,
+        "the connection of a client that read nothing for 13 s was kept ({answered} of {sent} answered)"
+    );
+    assert_eq!(
+        pw.scrape().get("procwatch_config_last_reload_successful", &[]),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn clients_that_stall_or_idle_cannot_fill_the_connection_slots() {
+    let pw = Procwatch::start("status_interval: 0\nprocesses: []\n", &[]);
+    // As many connections as procwatch serves at once: a few that stopped reading, the rest
+    // idle half-way through their headers.
+    let mut held: Vec<TcpStream> = Vec::new();
+    for _ in 0..4 {
+        let mut c = small_window_connect(&pw.addr);
+        stall(&mut c);
+        held.push(c);
+    }
+    while held.len() < 1024 {
+        let mut c = TcpStream::connect(&pw.addr).unwrap();
+        c.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nX-Slow: ").unwrap();
+        held.push(c);
+    }
+    // Wait until procwatch has accepted them all (its open fds), then scrape.
+    wait_for(T, "procwatch to hold 1024 connections", || {
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", pw.pid())).ok()?.count();
+        (fds >= 1024).then_some(())
+    });
+    let t0 = Instant::now();
+    let (status, _, _) = http(&pw.addr, "GET", "/metrics", "").unwrap();
+    let took = t0.elapsed();
+    eprintln!("a scrape with 1024 connections held: {took:?}");
+    assert_eq!(status, 200);
+    // Well under the 10 s header and write timeouts that would otherwise free a slot.
+    assert!(took < Duration::from_secs(5), "a scrape waited {took:?} for a slot");
+    drop(held);
+}

@@ -14,11 +14,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{HttpConfig, MAX_CONNECTIONS, ReloadRequest, State, api::Api, serve_connection};
+use super::{HttpConfig, ReloadRequest, State, api::Api, conn, serve_connection};
 use crate::metrics::Collector;
 
 pub const FILE_NAME: &str = "procwatch.sock";
@@ -188,12 +188,8 @@ pub async fn serve(
     let state = Arc::new(State::new(config, collector, reload, api));
     // SAFETY: geteuid has no preconditions.
     let me = unsafe { libc::geteuid() };
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = conn::Slots::new(conn::MAX_CONNECTIONS);
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
-            _ = shutdown.cancelled() => break,
-        };
         let stream = tokio::select! {
             r = socket.listener.accept() => match r {
                 Ok((s, _)) => s,
@@ -216,11 +212,20 @@ pub async fn serve(
                 continue;
             }
         }
+        // The same slots, write timeout and eviction of the quietest as the TCP endpoint.
+        let slot = tokio::select! {
+            s = slots.take() => s,
+            _ = shutdown.cancelled() => break,
+        };
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            serve_connection(stream, state, shutdown).await;
+            let activity = Arc::clone(&slot.activity);
+            let stream = conn::Watched::new(stream, Arc::clone(&activity));
+            tokio::select! {
+                _ = serve_connection(stream, state, activity, shutdown) => {}
+                _ = slot.activity.evicted.cancelled() => {}
+            }
         });
     }
     drop(socket);

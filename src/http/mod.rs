@@ -3,6 +3,7 @@
 //! collapsed into one.
 
 pub mod api;
+mod conn;
 pub mod control_socket;
 mod landing;
 mod web_config;
@@ -28,16 +29,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::metrics::{self, Collector};
 
-/// At most this many connections are served at once; more wait in the kernel's backlog. High
-/// enough that hundreds of idle clients leave room for a real scrape; each idle one costs a
-/// few KiB and is dropped after `HEADER_READ_TIMEOUT`.
-const MAX_CONNECTIONS: usize = 1024;
 /// A client must finish its TLS handshake, and then send its request headers, within this time.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Cap on buffered request bytes (headers included).
@@ -101,12 +98,8 @@ pub async fn serve(
     if let Some(web) = &state.config.web {
         tokio::spawn(Arc::clone(web).watch(shutdown.clone()));
     }
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let slots = conn::Slots::new(conn::MAX_CONNECTIONS);
     loop {
-        let permit = tokio::select! {
-            p = Arc::clone(&permits).acquire_owned() => p.expect("semaphore is never closed"),
-            _ = shutdown.cancelled() => return,
-        };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -119,36 +112,51 @@ pub async fn serve(
             },
             _ = shutdown.cancelled() => return,
         };
+        let slot = tokio::select! {
+            s = slots.take() => s,
+            _ = shutdown.cancelled() => return,
+        };
         // TLS is decided per connection (its handshake comes first); authentication and
         // headers per request, from the web config in force then.
         let tls = state.config.web.as_ref().and_then(|w| w.current().tls.clone());
         let state = Arc::clone(&state);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            match tls {
-                None => serve_connection(stream, state, shutdown).await,
-                Some(tls) => {
-                    let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
-                    match tokio::time::timeout(HEADER_READ_TIMEOUT, accept).await {
-                        Ok(Ok(tls_stream)) => serve_connection(tls_stream, state, shutdown).await,
-                        Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake failed"),
-                        Err(_) => debug!(%peer, "TLS handshake timed out"),
+            let activity = Arc::clone(&slot.activity);
+            let stream = conn::Watched::new(stream, Arc::clone(&activity));
+            let served = async {
+                match tls {
+                    None => serve_connection(stream, state, activity, shutdown).await,
+                    Some(tls) => {
+                        let accept = tokio_rustls::TlsAcceptor::from(tls).accept(stream);
+                        match tokio::time::timeout(HEADER_READ_TIMEOUT, accept).await {
+                            Ok(Ok(tls_stream)) => serve_connection(tls_stream, state, activity, shutdown).await,
+                            Ok(Err(err)) => debug!(%peer, error = %err, "TLS handshake failed"),
+                            Err(_) => debug!(%peer, "TLS handshake timed out"),
+                        }
                     }
                 }
+            };
+            // An evicted connection is dropped where it stands: its slot goes to a new one.
+            tokio::select! {
+                _ = served => {}
+                _ = slot.activity.evicted.cancelled() => debug!(%peer, "connection closed to free its slot"),
             }
+            drop(slot);
         });
     }
 }
 
 /// Serves HTTP/1.1 on one connection, plain or TLS, until it ends or shutdown.
-async fn serve_connection<IO>(io: IO, state: Arc<State>, shutdown: CancellationToken)
+async fn serve_connection<IO>(io: IO, state: Arc<State>, activity: Arc<conn::Activity>, shutdown: CancellationToken)
 where
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let service = service_fn(move |req| {
         let state = Arc::clone(&state);
+        let busy = activity.busy();
         async move {
+            let _busy = busy;
             let web = state.config.web.as_ref().map(|w| w.current());
             Ok::<_, Infallible>(respond(&state, web.as_deref(), req).await)
         }
