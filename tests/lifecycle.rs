@@ -150,31 +150,39 @@ fn a_supervisor_start_up_error_exits_1() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    // SAFETY: root has CAP_SYS_RESOURCE, so only an ordinary user feels RLIMIT_NPROC: a uid
-    // no other process uses, limited to the threads the runtime has before the supervisor.
+    // SAFETY: plain syscall.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: needs root to run procwatch as an unprivileged user");
         return;
     }
+    // Root has CAP_SYS_RESOURCE, so only an ordinary user feels RLIMIT_NPROC, which counts
+    // every thread of that uid: one that no other process uses (not even another test run),
+    // limited to the threads the runtime has before the supervisor starts its own.
+    let uid = 200_000 + std::process::id() % 100_000;
+    let log = dir.path().join("stderr.log");
     let mut cmd = Command::new(util::BIN);
     cmd.args([
         "--config",
         config.to_str().unwrap(),
         "--web.listen-address",
         "127.0.0.1:0",
+        "--control.socket",
+        "none",
     ])
     .current_dir(dir.path())
-    .stdin(Stdio::null());
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap());
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             let limit = libc::rlimit {
                 rlim_cur: 3,
                 rlim_max: 3,
             };
             if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setgid(48213) != 0
-                || libc::setuid(48213) != 0
+                || libc::setgid(uid) != 0
+                || libc::setuid(uid) != 0
                 || libc::setrlimit(libc::RLIMIT_NPROC, &limit) != 0
             {
                 return Err(std::io::Error::last_os_error());
@@ -182,8 +190,10 @@ fn a_supervisor_start_up_error_exits_1() {
             Ok(())
         });
     }
-    let out = cmd.output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Never left behind: a procwatch that hung here would hold this uid's threads.
+    let mut child = cmd.spawn().unwrap();
+    let status = util::wait_for_or_kill(&mut child, T);
+    let stderr = std::fs::read_to_string(&log).unwrap();
     assert!(stderr.contains("start the supervisor threads"), "{stderr}");
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(status.and_then(|s| s.code()), Some(1), "{stderr}");
 }

@@ -349,6 +349,20 @@ impl Drop for Procwatch {
     }
 }
 
+/// Waits up to `timeout` for `child` to exit; kills it (and returns `None`) if it does not.
+pub fn wait_for_or_kill(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait().ok().flatten() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// A loopback port that was free a moment ago (for tests of the address procwatch chooses).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
