@@ -13,11 +13,12 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, OnChangeAction};
 use crate::http::{self, Api, ControlSocket, HttpConfig, ReloadRequest, SocketSetting, WebConfigSource};
 use crate::metrics::{Collector, Groups, ReloadStatus};
+use crate::on_change::{Act, Triggers};
 use crate::status;
-use crate::supervisor::{Supervisor, SupervisorError};
+use crate::supervisor::{Action, Origin, ProgramState, Supervisor, SupervisorError};
 use crate::watch::Watches;
 
 pub const DEFAULT_LISTEN: &str = ":9407";
@@ -161,8 +162,12 @@ pub async fn run(
     // scrape, while the programs are still starting.
     reload_status.record(true);
     let ready = Arc::new(AtomicBool::new(false));
+    let mut triggers = Triggers::default();
+    let act = on_change_act(&supervisor);
     let collector = Arc::new(
-        Collector::new(supervisor.view(), watches.view(), Arc::clone(&reload_status)).with_groups(options.collectors),
+        Collector::new(supervisor.view(), watches.view(), Arc::clone(&reload_status))
+            .with_groups(options.collectors)
+            .with_triggers(triggers.view()),
     );
 
     if let Ok(addr) = listener.local_addr() {
@@ -196,6 +201,9 @@ pub async fn run(
 
     supervisor.apply(&config.processes).await;
     watches.apply(&config.watches).await;
+    triggers
+        .apply(&config.processes, &watches.view(), &act, &shutdown)
+        .await;
     ready.store(true, Ordering::Release);
     let mut reporter = StatusTask::start(config.status_interval, &collector, &shutdown);
 
@@ -203,6 +211,8 @@ pub async fn run(
         config,
         supervisor,
         watches,
+        triggers,
+        act,
         reload_status,
     };
     loop {
@@ -223,6 +233,8 @@ pub async fn run(
     }
 
     shutdown.cancel();
+    // No on_change action may reach a program that is being stopped.
+    app.triggers.stop().await;
     let timeout = app.config.shutdown_timeout;
     app.supervisor.shutdown(timeout).await;
     app.watches.shutdown().await;
@@ -282,7 +294,39 @@ struct Running {
     config: Config,
     supervisor: Supervisor,
     watches: Watches,
+    triggers: Triggers,
+    act: Act,
     reload_status: Arc<ReloadStatus>,
+}
+
+/// How `on_change` acts on a program: through its command channel, as `Origin::Watch` (not a
+/// policy restart, not an action by hand), and only while it runs: never while it is starting,
+/// stopping, backing off or stopped by hand.
+fn on_change_act(supervisor: &Supervisor) -> Act {
+    let (view, control) = (supervisor.view(), supervisor.control());
+    Arc::new(move |name: String, action: OnChangeAction| {
+        let (view, control) = (view.clone(), control.clone());
+        Box::pin(async move {
+            let running = view
+                .programs()
+                .iter()
+                .any(|p| p.name == name && matches!(p.status().state, ProgramState::Running { .. }));
+            if !running {
+                return false;
+            }
+            let action = match action {
+                OnChangeAction::Restart => Action::Restart,
+                OnChangeAction::Signal(s) => Action::Signal(s.0),
+            };
+            match control.send(&name, action, Origin::Watch).await {
+                Ok(_) => true,
+                Err(err) => {
+                    warn!(name = %name, error = %err, "on_change: the action was not taken");
+                    false
+                }
+            }
+        })
+    })
 }
 
 impl Running {
@@ -323,8 +367,13 @@ impl Running {
                 "listen_address changed: it takes effect at the next restart, not on reload"
             );
         }
+        // Programs change under it: no on_change action until they are applied.
+        self.triggers.stop().await;
         let p = self.supervisor.apply(&new.processes).await;
         let w = self.watches.apply(&new.watches).await;
+        self.triggers
+            .apply(&new.processes, &self.watches.view(), &self.act, shutdown)
+            .await;
         if new.status_interval != self.config.status_interval {
             reporter.stop.cancel();
             *reporter = StatusTask::start(new.status_interval, collector, shutdown);

@@ -135,7 +135,28 @@ pub struct ProgramConfig {
     pub backoff: BackoffConfig,
     pub stop_signal: Signal,
     pub stop_timeout: Duration,
+    /// Restart or signal the program when a watch sees changes.
+    pub on_change: Option<OnChange>,
 }
+
+/// `on_change`: what to do to a program when a watch counts events, once per burst.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OnChange {
+    /// The watch's name (checked to exist).
+    pub watch: String,
+    pub action: OnChangeAction,
+    /// The quiet that ends a burst: the action comes this long after the last change.
+    pub debounce: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnChangeAction {
+    Restart,
+    Signal(Signal),
+}
+
+/// The default `on_change.debounce`.
+pub const ON_CHANGE_DEBOUNCE: Duration = Duration::from_millis(500);
 
 /// One watched path, validated (its globs compile).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -301,6 +322,16 @@ struct RawProgram {
     backoff: Option<RawBackoff>,
     stop_signal: Option<Spanned<String>>,
     stop_timeout: Option<Spanned<Scalar>>,
+    on_change: Option<Spanned<RawOnChange>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOnChange {
+    watch: Spanned<String>,
+    action: Option<Spanned<String>>,
+    signal: Option<Spanned<String>>,
+    debounce: Option<Spanned<Scalar>>,
 }
 
 #[derive(Deserialize)]
@@ -679,6 +710,9 @@ impl Source<'_> {
 struct Names {
     programs: HashMap<String, String>,
     watches: HashMap<String, String>,
+    /// `on_change.watch` references, checked once every watch is known (includes too): the
+    /// watch named, and the error to give if there is none.
+    watch_refs: Vec<(String, ConfigError)>,
 }
 
 fn validate(raw: RawConfig, src: &Source, path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -725,6 +759,11 @@ fn validate(raw: RawConfig, src: &Source, path: Option<&Path>) -> Result<Config,
                 watches.push(watch(&inc, i, w, &mut names)?);
             }
             included.push(file);
+        }
+    }
+    for (watch, unknown) in names.watch_refs {
+        if !names.watches.contains_key(&watch) {
+            return Err(unknown);
         }
     }
     Ok(Config {
@@ -874,6 +913,10 @@ fn program(
         },
     };
     let stop_timeout = c.duration(&p_val.stop_timeout, &at("stop_timeout"), Duration::from_secs(10))?;
+    let on_change = match &p_val.on_change {
+        Some(raw) => Some(on_change(src, &at("on_change"), raw, names)?),
+        None => None,
+    };
     let cwd = p_val.cwd.as_ref().map(|d| src.path(&d.value));
 
     let mut env = BTreeMap::new();
@@ -918,6 +961,7 @@ fn program(
         backoff,
         stop_signal,
         stop_timeout,
+        on_change,
     };
     let Some(n) = &p_val.instances else {
         out.push(base);
@@ -943,6 +987,61 @@ fn program(
         out.push(copy);
     }
     Ok(())
+}
+
+/// Validates a program's `on_change` (at `key`); the watch it names is checked at the end.
+fn on_change(src: &Source, key: &str, raw: &Spanned<RawOnChange>, names: &mut Names) -> Result<OnChange, ConfigError> {
+    let c = src.c();
+    let r = &raw.value;
+    let at = |k: &str| format!("{key}.{k}");
+    let unknown = c
+        .err::<()>(
+            &r.watch.referenced,
+            &at("watch"),
+            format!("no watch named {:?} (on_change names one of `watches`)", r.watch.value),
+        )
+        .unwrap_err();
+    names.watch_refs.push((r.watch.value.clone(), unknown));
+    let signal = match &r.signal {
+        None => None,
+        Some(s) => match Signal::parse(&s.value) {
+            Some(sig) => Some((sig, s)),
+            None => {
+                let known: Vec<&str> = SIGNALS.iter().map(|(n, _)| *n).collect();
+                return c.err(
+                    &s.referenced,
+                    &at("signal"),
+                    format!("unknown signal {:?} (expected one of {})", s.value, known.join(", ")),
+                );
+            }
+        },
+    };
+    let action = match r.action.as_ref().map(|a| (a.value.as_str(), a)) {
+        None | Some(("restart", _)) => {
+            if let Some((_, s)) = signal {
+                return c.err(
+                    &s.referenced,
+                    &at("signal"),
+                    "a signal goes with `action: signal` (this on_change restarts)",
+                );
+            }
+            OnChangeAction::Restart
+        }
+        Some(("signal", _)) => OnChangeAction::Signal(signal.map_or(Signal(libc::SIGHUP), |(sig, _)| sig)),
+        Some((other, a)) => {
+            return c.err(
+                &a.referenced,
+                &at("action"),
+                format!("unknown action {other:?} (expected restart or signal)"),
+            );
+        }
+    };
+    let debounce = c.duration(&r.debounce, &at("debounce"), ON_CHANGE_DEBOUNCE)?;
+    Ok(OnChange {
+        watch: r.watch.value.clone(),
+        action,
+        debounce,
+    })
 }
 
 /// Validates one raw watch.
@@ -1877,5 +1976,68 @@ mod tests {
         assert_eq!(Signal::parse("SIGterm"), Some(Signal(libc::SIGTERM)));
         assert_eq!(Signal::parse("KILL").unwrap().name(), "KILL");
         assert_eq!(Signal::parse("FOO"), None);
+    }
+
+    #[test]
+    fn on_change_is_checked_with_its_position() {
+        let prog = |on_change: &str| {
+            format!(
+                "processes:\n  - name: a\n    command: [x]\n    on_change: {on_change}\nwatches:\n  - name: src\n    path: /tmp\n"
+            )
+        };
+        let c = Config::parse(
+            &prog("{watch: src, action: signal, signal: USR1, debounce: 2s}"),
+            "t.yaml",
+        )
+        .unwrap();
+        let want = OnChange {
+            watch: "src".into(),
+            action: OnChangeAction::Signal(Signal(libc::SIGUSR1)),
+            debounce: Duration::from_secs(2),
+        };
+        assert_eq!(c.processes[0].on_change.as_ref(), Some(&want));
+        let c = Config::parse(&prog("{watch: src}"), "t.yaml").unwrap();
+        let on = c.processes[0].on_change.as_ref().unwrap();
+        assert_eq!((on.action, on.debounce), (OnChangeAction::Restart, ON_CHANGE_DEBOUNCE));
+        let c = Config::parse(&prog("{watch: src, action: signal}"), "t.yaml").unwrap();
+        let on = c.processes[0].on_change.as_ref().unwrap();
+        assert_eq!(on.action, OnChangeAction::Signal(Signal(libc::SIGHUP)));
+
+        for (on_change, col, key, says) in [
+            (
+                "{watch: nope}",
+                24,
+                "processes[0].on_change.watch",
+                "no watch named \"nope\"",
+            ),
+            (
+                "{watch: src, action: signal, signal: HUPP}",
+                53,
+                "processes[0].on_change.signal",
+                "unknown signal",
+            ),
+            (
+                "{watch: src, action: reboot}",
+                37,
+                "processes[0].on_change.action",
+                "unknown action",
+            ),
+            (
+                "{watch: src, signal: HUP}",
+                37,
+                "processes[0].on_change.signal",
+                "goes with `action: signal`",
+            ),
+            (
+                "{watch: src, debounce: soon}",
+                39,
+                "processes[0].on_change.debounce",
+                "invalid duration",
+            ),
+        ] {
+            let (line, c, k, message) = err(&prog(on_change));
+            assert_eq!((line, c, k.as_str()), (4, col, key), "{on_change}: {message}");
+            assert!(message.contains(says), "{on_change}: {message}");
+        }
     }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod ctl;
 pub mod http;
 pub mod metrics;
+pub mod on_change;
 pub mod procfs;
 pub mod status;
 pub mod supervisor;

@@ -29,6 +29,7 @@ use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::on_change::{TriggerCount, TriggerView};
 use crate::procfs::{self, SelfUsage, TreeUsage};
 use crate::supervisor::{Action, ExitReason, Program, ProgramState, ProgramStatus, Reaped, SupervisorView};
 use crate::watch::{WatchReport, WatchView};
@@ -141,6 +142,8 @@ impl ProgramReport {
 pub struct Gathered {
     pub programs: Vec<ProgramReport>,
     pub watches: Vec<WatchReport>,
+    /// `on_change` actions taken, per (watch, program).
+    pub triggers: Arc<Vec<Arc<TriggerCount>>>,
     pub own: Option<SelfUsage>,
     pub reload: (bool, f64),
     pub at: SystemTime,
@@ -149,6 +152,7 @@ pub struct Gathered {
 pub struct Collector {
     supervisor: SupervisorView,
     watches: WatchView,
+    triggers: TriggerView,
     reload: Arc<ReloadStatus>,
     /// Highest counters reported per program: a counter must never go down, even when a
     /// process is between "left the live tree" and "reaped" during a scrape. Held only for
@@ -177,11 +181,18 @@ impl Collector {
         Collector {
             supervisor,
             watches,
+            triggers: TriggerView::default(),
             reload,
             reported: Mutex::new(HashMap::new()),
             groups: Groups::all(),
             reader: Mutex::new(procfs::Reader::keeping(want(Groups::all()))),
         }
+    }
+
+    /// Reports the `on_change` actions of `triggers`.
+    pub fn with_triggers(mut self, triggers: TriggerView) -> Collector {
+        self.triggers = triggers;
+        self
     }
 
     /// Turns optional groups of families off (`--no-collector.GROUP`): their files are
@@ -286,6 +297,7 @@ impl Collector {
         Gathered {
             programs: reports,
             watches: self.watches.reports(),
+            triggers: self.triggers.counts(),
             own,
             reload: self.reload.last(),
             at: SystemTime::now(),
@@ -714,7 +726,7 @@ fn watches(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
         ),
         (
             "procwatch_file_watch_errors_total",
-            "Errors from the watcher.",
+            "Errors from the watcher, and blind spots it found (a mount made inside the watch, a path too long for inotify).",
             Kind::Counter,
             |w| w.errors.into(),
         ),
@@ -724,6 +736,14 @@ fn watches(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
         for w in watches {
             f.sample(&[("watch", &w.name)], value(w))?;
         }
+    }
+    let mut f = out.family(
+        "procwatch_file_watch_triggers_total",
+        "on_change actions (restart or signal) a watch's changes took on a program.",
+        Kind::Counter,
+    );
+    for t in g.triggers.iter() {
+        f.sample(&[("watch", &t.watch), ("name", &t.name)], t.get())?;
     }
     Ok(())
 }
@@ -970,6 +990,7 @@ mod tests {
                 overflows: 0,
                 errors: 7,
             }],
+            triggers: Default::default(),
             own: None,
             reload: (true, 1.5),
             at: SystemTime::now(),
