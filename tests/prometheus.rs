@@ -96,7 +96,7 @@ fn rules_rule_tests_and_scrape_configs_pass_promtool() {
             .args(["check", "rules", "alerts.yml"])
             .current_dir(&dir),
     );
-    assert!(out.contains("SUCCESS: 7 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
     run_ok(
         Command::new(&promtool)
             .args(["test", "rules", "alerts_test.yml"])
@@ -331,6 +331,7 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
          \x20 - name: busy\n    command: [sh, -c, 'while :; do :; done']\n\
          \x20 - name: crashing\n    command: [sh, -c, 'sleep 0.2; exit 1']\n    backoff: {{initial: 100ms, max: 500ms}}\n\
          \x20 - name: writer\n    command: [sh, -c, 'while :; do touch a; echo x >> a; mv a b; chmod 600 b; rm b; sleep 0.1; done']\n    cwd: {dir}\n\
+         \x20 - name: reloaded\n    command: [sh, -c, 'trap : HUP; while :; do sleep 0.05; done']\n    on_change: {{watch: data, action: signal, debounce: 50ms}}\n\
          watches:\n  - name: data\n    path: {dir}\n",
         dir = watched.path().display()
     );
