@@ -194,9 +194,10 @@ fn cell(b: &Browser, name: &str, class: &str) -> Option<String> {
 fn the_landing_page_refreshes_itself_and_restarts_a_program_in_a_real_browser() {
     let Some(b) = Browser::start() else { return };
     let pw = Procwatch::start(
-        "status_interval: 0\nprocesses:\n  - name: web\n    command: [sleep, '600']\n  - name: other\n    command: [sleep, '600']\n",
+        "status_interval: 0\nprocesses:\n  - name: web\n    command: [sleep, '600']\n  - name: other\n    command: [sleep, '600']\nwatches:\n  - name: drop\n    path: drop\n",
         &["--web.enable-lifecycle"],
     );
+    std::fs::create_dir(pw.path("drop")).unwrap();
     let pid = |name: &str| {
         wait_for(T, "a PID", || {
             pw.scrape().prog("procwatch_process_pid", name).map(|p| p as i32)
@@ -237,6 +238,16 @@ fn the_landing_page_refreshes_itself_and_restarts_a_program_in_a_real_browser() 
         v.as_str()
             .filter(|t| t.starts_with("web|") && t.len() > 4)
             .map(str::to_owned)
+    });
+
+    // The watches table refreshes too.
+    wait_for(T, "the watch up", || {
+        (pw.scrape().get("procwatch_file_watch_up", &[("watch", "drop")]) == Some(1.0)).then_some(())
+    });
+    std::fs::write(pw.path("drop/new.csv"), "x").unwrap();
+    wait_for(T, "the page to count the create", || {
+        let v = b.eval("const c = document.querySelector('#watches tr[data-watch=\"drop\"] td.create'); return c ? c.textContent : null;");
+        v.as_str().filter(|n| *n != "0").map(str::to_owned)
     });
 
     let console = b.console();

@@ -84,6 +84,27 @@
     tr.querySelector("td.command code").textContent = p.command.join(" ");
   }
 
+  // The watches table: the event kinds are the server-rendered header's columns.
+  function watches(list) {
+    const kinds = Array.from(document.querySelectorAll("#watches thead th")).slice(3, -2).map((th) => th.textContent);
+    const rows = list.map((w) => {
+      const tr = document.createElement("tr");
+      tr.dataset.watch = w.name;
+      tr.appendChild(cell(w.name, "name"));
+      const path = cell("", "path");
+      const code = document.createElement("code");
+      code.textContent = w.path;
+      path.appendChild(code);
+      tr.appendChild(path);
+      tr.appendChild(cell(w.up ? "up" : "down", "state"));
+      for (const k of kinds) tr.appendChild(cell(String(w.events[k] || 0), "events " + k));
+      tr.appendChild(cell(String(w.overflows), "overflows"));
+      tr.appendChild(cell(String(w.errors), "errors"));
+      return tr;
+    });
+    document.querySelector("#watches tbody").replaceChildren(...rows);
+  }
+
   function status(text, isError) {
     const el = document.getElementById("updated");
     el.textContent = text;
@@ -105,6 +126,7 @@
       });
       // Re-appending a row that is already in place keeps it (and its buttons).
       tbody.replaceChildren(...rows);
+      watches(data.watches);
       status("updated " + new Date().toLocaleTimeString(), false);
       document.body.dataset.refreshed = String((Number(document.body.dataset.refreshed) || 0) + 1);
     } catch (e) {
