@@ -20,10 +20,13 @@ fn main() {
     if args.get(1).map(String::as_str) == Some("--stamp") {
         return stamp(&args[2]);
     }
+    if args.get(1).map(String::as_str) == Some("--hold") {
+        return hold(&args[2], &args[3]);
+    }
     let quick = args.iter().any(|a| a == "quick");
-    // `-- files`, `-- restart` or `-- scrape` runs one part only.
+    // `-- files`, `-- restart`, `-- control` or `-- scrape` runs one part only.
     let only = |part: &str| {
-        let parts = ["files", "restart", "scrape"];
+        let parts = ["files", "restart", "control", "scrape"];
         !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
     };
     let clk = clk_tck();
@@ -34,6 +37,9 @@ fn main() {
     }
     if only("restart") {
         restart_latency(quick);
+    }
+    if only("control") {
+        control_restart(quick);
     }
     if only("files") {
         file_events(quick, clk);
@@ -665,6 +671,143 @@ fn restart_latency(quick: bool) {
         gaps[(gaps.len() * 99 / 100).min(gaps.len() - 1)],
         gaps.len()
     );
+}
+
+/// `ctl restart` of one program among 1000. Each program is this bench binary in `--hold`
+/// mode: it stamps its first instant and the instant SIGTERM reaches it. For each restart by
+/// hand (an API request on the control socket) that gives: the request to the old run seeing
+/// its stop signal (the command's own path: socket, HTTP, the program's channel, the runner,
+/// signal delivery), that signal to the new run's first instruction (a stop and a start, to
+/// compare with the restart latency), and the whole. Every other program must keep its PID.
+fn control_restart(quick: bool) {
+    const N: usize = 1000;
+    let rounds = if quick { 20 } else { 100 };
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("procwatch.sock");
+    let stamps = dir.path().join("stamps");
+    let me = std::env::current_exe().unwrap();
+    let mut yaml = String::from("status_interval: 0\nshutdown_timeout: 60s\nprocesses:\n");
+    for i in 0..N {
+        yaml.push_str(&format!(
+            "  - name: p{i}\n    command: [{}, --hold, {}, p{i}]\n",
+            me.display(),
+            stamps.display()
+        ));
+    }
+    let pw = Pw::start(&yaml, &["--control.socket", sock.to_str().unwrap()]);
+    let pids = |pw: &Pw| -> Vec<i32> {
+        let body = pw.get("/metrics");
+        samples(&body, "procwatch_process_pid{").map(|v| v as i32).collect()
+    };
+    let before = wait(Duration::from_secs(300), || Some(pids(&pw)).filter(|p| p.len() == N));
+    let read = || -> Vec<(String, char, u128)> {
+        std::fs::read_to_string(&stamps)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.split(' ');
+                Some((f.next()?.to_owned(), f.next()?.chars().next()?, f.next()?.parse().ok()?))
+            })
+            .collect()
+    };
+    wait(Duration::from_secs(300), || (read().len() >= N).then_some(()));
+    let post = |name: &str| {
+        let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+        write!(
+            s,
+            "POST /api/v1/programs/{name}/restart HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    };
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let (mut to_signal, mut stop_start, mut total, mut answer) = (vec![], vec![], vec![], vec![]);
+    let mut touched = Vec::new();
+    for i in 0..rounds {
+        // Spread over the list: the first, the last and between.
+        let k = i * (N - 1) / (rounds - 1).max(1);
+        let name = format!("p{k}");
+        touched.push(k);
+        let seen = read().len();
+        let t0 = now();
+        let t = Instant::now();
+        post(&name);
+        answer.push(t.elapsed().as_secs_f64() * 1e3);
+        let new = wait(Duration::from_secs(30), || {
+            let r = read();
+            let mine: Vec<_> = r[seen..].iter().filter(|(n, _, _)| *n == name).cloned().collect();
+            (mine.len() >= 2).then_some(mine)
+        });
+        let term = new.iter().find(|(_, k, _)| *k == 't').unwrap().2;
+        let start = new.iter().find(|(_, k, _)| *k == 's').unwrap().2;
+        let ms = |a: u128, b: u128| b.saturating_sub(a) as f64 / 1e6;
+        to_signal.push(ms(t0, term));
+        stop_start.push(ms(term, start));
+        total.push(ms(t0, start));
+    }
+    let after = pids(&pw);
+    pw.stop();
+    assert_eq!(after.len(), N);
+    let mut kept = 0;
+    for (k, (b, a)) in before.iter().zip(&after).enumerate() {
+        if touched.contains(&k) {
+            assert_ne!(b, a, "p{k} was restarted");
+        } else {
+            assert_eq!(b, a, "p{k} was never named, yet its PID changed");
+            kept += 1;
+        }
+    }
+    let pct = |v: &mut Vec<f64>, p: usize| {
+        v.sort_by(f64::total_cmp);
+        v[(v.len() * p / 100).min(v.len() - 1)]
+    };
+    println!(
+        "ctl restart, 1 of {N} programs, {rounds} times (API on the control socket): request -> old run gets SIGTERM median {:.2} ms, p99 {:.2} ms; \
+         SIGTERM -> new run's first instruction median {:.2} ms, p99 {:.2} ms; request -> new run median {:.2} ms, p99 {:.2} ms; \
+         answer (new PID) median {:.2} ms; the other {kept} programs kept their PIDs",
+        pct(&mut to_signal, 50),
+        pct(&mut to_signal, 99),
+        pct(&mut stop_start, 50),
+        pct(&mut stop_start, 99),
+        pct(&mut total, 50),
+        pct(&mut total, 99),
+        pct(&mut answer, 50),
+    );
+    let t = Instant::now();
+    let out = Command::new(BIN).args(["--version"]).output().unwrap();
+    assert!(out.status.success());
+    println!(
+        "  (`procwatch ctl` adds its own start: the binary runs `--version` in {:.2} ms here)",
+        t.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// Run as a program by the ctl-restart bench: stamp the start, wait for SIGTERM, stamp it, exit.
+fn hold(file: &str, name: &str) {
+    let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+    let stamp = |kind: char, t: u128| {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(file)
+            .unwrap();
+        // One short write with O_APPEND: lines of concurrent programs never interleave.
+        let _ = f.write_all(format!("{name} {kind} {t}\n").as_bytes());
+    };
+    let start = now();
+    // SAFETY: plain libc calls on a local signal set; SIGTERM is blocked before it is awaited.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        stamp('s', start);
+        let mut sig = 0;
+        libc::sigwait(&set, &mut sig);
+    }
+    stamp('t', now());
 }
 
 /// Run as a program by the restart-latency test: note the start and the end, and exit.

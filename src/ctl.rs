@@ -28,6 +28,7 @@ use crate::status::{self, StatusInfo};
 #[derive(Parser, Debug)]
 #[command(
     name = "procwatch ctl",
+    bin_name = "procwatch ctl",
     about = "Operate a running procwatch: status, start, stop, restart, signal, logs, reload."
 )]
 struct CtlCli {

@@ -15,7 +15,8 @@ use tokio_util::sync::CancellationToken;
 #[command(
     name = "procwatch",
     version,
-    about = "Supervise programs, watch directories, export it all to Prometheus."
+    about = "Supervise programs, watch directories, export it all to Prometheus.",
+    after_help = "Operate a running procwatch (status, start, stop, restart, signal, logs, reload): procwatch ctl --help"
 )]
 struct Cli {
     /// The YAML config; without it, an embedded demo config runs.
