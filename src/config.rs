@@ -487,11 +487,15 @@ pub(crate) fn parse_yaml<T: serde::de::DeserializeOwned>(text: &str, file: &str)
     };
     let mut key = String::new();
     // First a walk that only measures, over borrowed text: an alias repeated a million times
-    // costs no memory there, and is refused before anything is built from it.
-    let result = serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
-        serde::de::DeserializeSeed::deserialize(Measure(&mut 0), de)
-    })
-    .and_then(|()| {
+    // costs no memory there, and is refused before anything is built from it. Without an `&`
+    // there is no anchor, hence no alias: the text is all there is, and its size is bounded.
+    let measured = match text.contains('&') {
+        true => serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
+            serde::de::DeserializeSeed::deserialize(Measure(&mut 0), de)
+        }),
+        false => Ok(()),
+    };
+    let result = measured.and_then(|()| {
         serde_saphyr::with_deserializer_from_str_with_options(text, options(), |de| {
             serde_path_to_error::deserialize::<_, Option<T>>(de).map_err(|e| {
                 // `Spanned` fields show up as `.value` in the path; users never wrote that.
