@@ -58,7 +58,16 @@ impl Pki {
 
     /// A client certificate signed by the CA, as (cert chain, key) for rustls.
     fn client_identity(&self) -> (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        self.client_identity_named(&[])
+    }
+
+    /// The same, with these subject alternative names (DNS names or IP addresses).
+    fn client_identity_named(
+        &self,
+        sans: &[&str],
+    ) -> (Vec<CertificateDer<'static>>, rustls::pki_types::PrivateKeyDer<'static>) {
+        let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
+        let mut params = rcgen::CertificateParams::new(sans).unwrap();
         params.distinguished_name.push(rcgen::DnType::CommonName, "prometheus");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
@@ -647,4 +656,189 @@ fn clients_that_stall_or_idle_cannot_fill_the_connection_slots() {
     // Well under the 10 s header and write timeouts that would otherwise free a slot.
     assert!(took < Duration::from_secs(5), "a scrape waited {took:?} for a slot");
     drop(held);
+}
+
+/// A client with a certificate naming `sans`, limited to TLS 1.2 and `suites` if given.
+fn tls12_client(
+    pki: &Pki,
+    sans: &[&str],
+    suites: Option<Vec<rustls::SupportedCipherSuite>>,
+) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(pki.ca.der().to_vec())).unwrap();
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suites) = suites {
+        provider.cipher_suites = suites;
+    }
+    let (chain, key) = pki.client_identity_named(sans);
+    Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+/// Every key of the exporter-toolkit format, as a node_exporter web config would set them.
+#[test]
+fn a_node_exporter_web_config_with_every_key_loads_and_is_applied() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new(certs.path());
+    let web = certs.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:
+  cert_file: server.pem
+  key_file: server.key
+  client_auth_type: RequireAndVerifyClientCert
+  client_ca_file: ca.pem
+  client_allowed_sans: [prometheus.example, 10.0.0.7]
+  min_version: TLS12
+  max_version: TLS13
+  cipher_suites:
+    - TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+    - TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256
+    - TLS_AES_128_GCM_SHA256
+  prefer_server_cipher_suites: true
+  curve_preferences: [X25519, CurveP256]
+http_server_config:
+  http2: true
+  headers:
+    X-Content-Type-Options: nosniff
+    X-Frame-Options: deny
+    Strict-Transport-Security: max-age=31536000
+basic_auth_users:
+  prometheus: '{}'
+basic_auth_excluded_paths: [/-/healthy]
+rate_limit:
+  interval: 1ms
+  burst: 1000
+",
+            hash("s3cret")
+        ),
+    )
+    .unwrap();
+    let pw = Procwatch::start("processes: []\n", &["--web.config.file", web.to_str().unwrap()]);
+    use rustls::crypto::ring::cipher_suite as cs;
+    let allowed = tls12_client(&pki, &["prometheus.example"], None);
+    let (status, head, _, _) = https(&pw.addr, &allowed, "/metrics", Some("prometheus:s3cret")).unwrap();
+    assert_eq!(status, 200);
+    assert!(head.contains("x-content-type-options: nosniff"), "{head}");
+    // Excluded from basic auth, not from TLS.
+    assert_eq!(https(&pw.addr, &allowed, "/-/healthy", None).unwrap().0, 200);
+    assert_eq!(https(&pw.addr, &allowed, "/metrics", None).unwrap().0, 401);
+    // An IP address SAN from the list.
+    let by_ip = tls12_client(&pki, &["10.0.0.7"], None);
+    assert_eq!(https(&pw.addr, &by_ip, "/-/healthy", None).unwrap().0, 200);
+    // A certificate from the right CA whose names are not in client_allowed_sans.
+    let other_name = tls12_client(&pki, &["someone.example"], None);
+    assert!(
+        https(&pw.addr, &other_name, "/-/healthy", None).is_err(),
+        "a SAN outside the list was let in"
+    );
+    // A TLS 1.2 suite that is not in cipher_suites.
+    let chacha = tls12_client(
+        &pki,
+        &["prometheus.example"],
+        Some(vec![cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256]),
+    );
+    assert!(
+        https(&pw.addr, &chacha, "/-/healthy", None).is_err(),
+        "a suite outside cipher_suites was used"
+    );
+    let listed = tls12_client(
+        &pki,
+        &["prometheus.example"],
+        Some(vec![cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256]),
+    );
+    assert_eq!(https(&pw.addr, &listed, "/-/healthy", None).unwrap().0, 200);
+}
+
+#[test]
+fn what_rustls_cannot_do_is_refused_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    Pki::new(dir.path());
+    let config = dir.path().join("c.yaml");
+    std::fs::write(&config, "processes: []\n").unwrap();
+    let tls = "tls_server_config:\n  cert_file: server.pem\n  key_file: server.key\n";
+    let cases = [
+        (
+            format!("{tls}  cipher_suites: [TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA]\n"),
+            "web.yml:4:18: tls_server_config.cipher_suites: \"TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA\" is not offered by rustls",
+        ),
+        (
+            format!("{tls}  curve_preferences: [CurveP521]\n"),
+            "tls_server_config.curve_preferences: \"CurveP521\": P-521 is not offered",
+        ),
+        (
+            format!(
+                "{tls}  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.pem\n  client_allowed_sans: [mailto:a@b.example]\n"
+            ),
+            "only DNS names and IP addresses can be matched",
+        ),
+        (
+            format!("{tls}  client_allowed_sans: [a.example]\n"),
+            "client_allowed_sans: needs client_auth_type: RequireAndVerifyClientCert",
+        ),
+        (
+            format!("{tls}  cert: inline\n"),
+            "tls_server_config.cert: give cert or cert_file, not both",
+        ),
+        (
+            "http_server_config:\n  headers:\n    X-Frame-Options: allow-all\n".to_owned(),
+            "http_server_config.headers.X-Frame-Options: must be one of deny, sameorigin",
+        ),
+        (
+            "rate_limit:\n  interval: often\n".to_owned(),
+            "rate_limit.interval: not a duration",
+        ),
+    ];
+    let m = util::marker("web-refused");
+    for (text, want) in cases {
+        let web = dir.path().join("web.yml");
+        std::fs::write(&web, &text).unwrap();
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--web.config.file",
+            web.to_str().unwrap(),
+            "--check-config",
+        ];
+        let (code, _, stderr) = run_to_end(&args, dir.path(), &m);
+        assert_eq!(code, 1, "{text}: {stderr}");
+        assert!(stderr.contains(want), "{want:?} not in {stderr:?}");
+    }
+}
+
+#[test]
+fn inline_certificates_and_the_rate_limit_apply() {
+    let certs = tempfile::tempdir().unwrap();
+    let pki = Pki::new(certs.path());
+    let indent = |file: &str| {
+        std::fs::read_to_string(certs.path().join(file))
+            .unwrap()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    let web = certs.path().join("web.yml");
+    std::fs::write(
+        &web,
+        format!(
+            "tls_server_config:\n  cert: |\n{}  key: |\n{}rate_limit:\n  interval: 1m\n  burst: 2\n",
+            indent("server.pem"),
+            indent("server.key")
+        ),
+    )
+    .unwrap();
+    let pw = Procwatch::start("processes: []\n", &["--web.config.file", web.to_str().unwrap()]);
+    let client = pki.client();
+    // The harness's start-up checks took none of the two: it cannot speak TLS.
+    let statuses: Vec<u16> = (0..3)
+        .map(|_| https(&pw.addr, &client, "/-/healthy", None).unwrap().0)
+        .collect();
+    assert_eq!(statuses, [200, 200, 429]);
 }

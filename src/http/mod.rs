@@ -55,6 +55,7 @@ pub struct HttpConfig {
 struct State {
     config: HttpConfig,
     auth: web_config::Authenticator,
+    limiter: web_config::Limiter,
     collector: Arc<Collector>,
     reload: mpsc::Sender<ReloadRequest>,
     scrape: tokio::sync::Mutex<ScrapeCache>,
@@ -66,6 +67,7 @@ impl State {
         State {
             config,
             auth: web_config::Authenticator::default(),
+            limiter: web_config::Limiter::default(),
             collector,
             reload,
             scrape: tokio::sync::Mutex::new(ScrapeCache::default()),
@@ -176,7 +178,13 @@ where
 
 /// Authentication, then the route, then the web config's extra headers.
 async fn respond(state: &State, web: Option<&WebConfig>, req: Request<Incoming>) -> Response<Body> {
+    if let Some(limit) = web.and_then(|w| w.rate_limit.as_ref())
+        && !state.limiter.allow(limit)
+    {
+        return text(StatusCode::TOO_MANY_REQUESTS, "Too Many Requests\n");
+    }
     if let Some(web) = web
+        && web.auth_required(req.uri().path())
         && !state.auth.allowed(web, req.headers().get(AUTHORIZATION)).await
     {
         let mut resp = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");

@@ -29,23 +29,41 @@ struct RawWebConfig {
     http_server_config: Option<RawHttp>,
     #[serde(default)]
     basic_auth_users: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    basic_auth_excluded_paths: Vec<String>,
+    rate_limit: Option<Spanned<RawRateLimit>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
+    cert: Option<Spanned<String>>,
+    key: Option<Spanned<String>>,
+    client_ca: Option<Spanned<String>>,
     cert_file: Option<Spanned<PathBuf>>,
     key_file: Option<Spanned<PathBuf>>,
     client_ca_file: Option<Spanned<PathBuf>>,
     client_auth_type: Option<Spanned<String>>,
+    client_allowed_sans: Option<Spanned<Vec<String>>>,
     min_version: Option<Spanned<String>>,
     max_version: Option<Spanned<String>>,
+    cipher_suites: Option<Spanned<Vec<String>>>,
+    prefer_server_cipher_suites: Option<bool>,
+    curve_preferences: Option<Spanned<Vec<String>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimit {
+    interval: Option<Spanned<String>>,
+    burst: Option<u32>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
-    /// Accepted for compatibility; procwatch serves HTTP/1.1.
+    /// Accepted: procwatch serves HTTP/1.1 only, which every HTTP/2 client falls back to
+    /// through ALPN (README, Known limits).
     #[allow(dead_code)]
     http2: Option<bool>,
     #[serde(default)]
@@ -67,6 +85,10 @@ pub struct WebConfig {
     /// User -> bcrypt hash. Empty: no authentication.
     users: HashMap<String, String>,
     pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// Paths served without basic auth (`basic_auth_excluded_paths`).
+    excluded_paths: Vec<String>,
+    /// `rate_limit`: one request per `interval`, with bursts of `burst`, for all clients.
+    pub rate_limit: Option<RateLimit>,
     /// The files it was built from (the config and its certificates): a change means reload.
     files: Vec<PathBuf>,
 }
@@ -124,6 +146,22 @@ impl WebConfig {
                         format!("header not allowed here (allowed: {})", ALLOWED_HEADERS.join(", ")),
                     );
                 }
+                // Blank means unset, as in exporter-toolkit.
+                if value.value.is_empty() {
+                    continue;
+                }
+                let allowed: &[&str] = match lower.as_str() {
+                    "x-frame-options" => &["deny", "sameorigin"],
+                    "x-content-type-options" => &["nosniff"],
+                    _ => &[],
+                };
+                if !allowed.is_empty() && !allowed.contains(&value.value.to_ascii_lowercase().as_str()) {
+                    return c.err(
+                        &value.referenced,
+                        &key,
+                        format!("must be one of {}", allowed.join(", ")),
+                    );
+                }
                 let (Ok(n), Ok(v)) = (
                     HeaderName::from_bytes(lower.as_bytes()),
                     HeaderValue::from_str(&value.value),
@@ -133,16 +171,75 @@ impl WebConfig {
                 headers.push((n, v));
             }
         }
+        let rate_limit = match &raw.rate_limit {
+            None => None,
+            Some(r) => {
+                let interval = match &r.value.interval {
+                    None => Duration::ZERO,
+                    Some(i) => match crate::config::parse_duration(&i.value) {
+                        Some(d) => d,
+                        None => {
+                            return c.err(
+                                &i.referenced,
+                                "rate_limit.interval",
+                                "not a duration (like 100ms or 1s)",
+                            );
+                        }
+                    },
+                };
+                // An interval of 0 turns the limiter off, as in exporter-toolkit.
+                (!interval.is_zero()).then(|| RateLimit {
+                    interval,
+                    burst: r.value.burst.unwrap_or(1),
+                })
+            }
+        };
         Ok(WebConfig {
             tls,
             users,
             headers,
+            excluded_paths: raw.basic_auth_excluded_paths.clone(),
+            rate_limit,
             files,
         })
     }
 
     pub fn needs_auth(&self) -> bool {
         !self.users.is_empty()
+    }
+
+    /// Whether a request for `path` must authenticate.
+    pub fn auth_required(&self, path: &str) -> bool {
+        self.needs_auth() && !self.excluded_paths.iter().any(|p| p == path)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub interval: Duration,
+    pub burst: u32,
+}
+
+/// A token bucket shared by every connection, as exporter-toolkit's `rate_limit`: refills one
+/// token per interval up to `burst`. Kept across web config reloads.
+#[derive(Default)]
+pub struct Limiter(Mutex<Option<(f64, std::time::Instant)>>);
+
+impl Limiter {
+    pub fn allow(&self, limit: &RateLimit) -> bool {
+        let now = std::time::Instant::now();
+        let burst = f64::from(limit.burst.max(1));
+        let mut state = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let (tokens, last) = state.get_or_insert((burst, now));
+        let refill = now.duration_since(*last).as_secs_f64() / limit.interval.as_secs_f64();
+        *tokens = (*tokens + refill).min(burst);
+        *last = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 }
 
@@ -157,6 +254,141 @@ fn pem_certs(pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, String> {
         .map_err(|e| e.to_string())
 }
 
+/// PEM text given inline (`cert`) or as a file (`cert_file`), never both: the text, where it
+/// is in the web config, and the key to name in errors.
+fn pem_source(
+    c: &Checker<'_>,
+    base: &Path,
+    (inline, file): (&Option<Spanned<String>>, &Option<Spanned<PathBuf>>),
+    name: &str,
+    files: &mut Vec<PathBuf>,
+) -> Result<Option<(Vec<u8>, serde_saphyr::Location, String)>, ConfigError> {
+    match (inline, file) {
+        (Some(i), Some(_)) => c.err(
+            &i.referenced,
+            &format!("tls_server_config.{name}"),
+            format!("give {name} or {name}_file, not both"),
+        ),
+        (Some(i), None) => Ok(Some((
+            i.value.clone().into_bytes(),
+            i.referenced,
+            format!("tls_server_config.{name}"),
+        ))),
+        (None, Some(f)) => {
+            let path = base.join(&f.value);
+            let key = format!("tls_server_config.{name}_file");
+            let pem = read_pem(&path)
+                .or_else(|e| c.err(&f.referenced, &key, format!("cannot read {}: {e}", path.display())))?;
+            files.push(path);
+            Ok(Some((pem, f.referenced, key)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+/// The TLS 1.2 cipher suites rustls offers, by their Go names (crypto/tls), as a web config
+/// names them. TLS 1.3 suites are not configurable, in Go as here: all three are offered.
+fn tls12_suite(name: &str) -> Option<rustls::SupportedCipherSuite> {
+    use rustls::crypto::ring::cipher_suite as cs;
+    Some(match name {
+        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305" | "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            cs::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256" => cs::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384" => cs::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305" | "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256" => {
+            cs::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256
+        }
+        _ => return None,
+    })
+}
+
+const TLS13_SUITES: [&str; 3] = [
+    "TLS_AES_128_GCM_SHA256",
+    "TLS_AES_256_GCM_SHA384",
+    "TLS_CHACHA20_POLY1305_SHA256",
+];
+
+/// Key exchange groups by their Go names (crypto/tls CurveID).
+fn curve(name: &str) -> Result<&'static dyn rustls::crypto::SupportedKxGroup, &'static str> {
+    use rustls::crypto::ring::kx_group;
+    match name {
+        "X25519" => Ok(kx_group::X25519),
+        "CurveP256" => Ok(kx_group::SECP256R1),
+        "CurveP384" => Ok(kx_group::SECP384R1),
+        "CurveP521" => Err("P-521 is not offered by rustls' ring provider (use CurveP384, CurveP256 or X25519)"),
+        "X25519MLKEM768" => Err("X25519MLKEM768 is not offered by rustls' ring provider (use X25519)"),
+        _ => Err("unknown curve (expected X25519, CurveP256 or CurveP384)"),
+    }
+}
+
+/// `client_allowed_sans`: after the usual verification, the client certificate must carry one
+/// of these names (DNS names and IP addresses, matched as rustls matches a server's name).
+#[derive(Debug)]
+struct AllowedSans {
+    inner: Arc<dyn rustls::server::danger::ClientCertVerifier>,
+    names: Vec<rustls::pki_types::ServerName<'static>>,
+}
+
+impl rustls::server::danger::ClientCertVerifier for AllowedSans {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        let cert = rustls::server::ParsedCertificate::try_from(end_entity)?;
+        if self
+            .names
+            .iter()
+            .any(|n| rustls::client::verify_server_name(&cert, n).is_ok())
+        {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName,
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 fn tls_config(
     c: &Checker<'_>,
     base: &Path,
@@ -164,40 +396,25 @@ fn tls_config(
     files: &mut Vec<PathBuf>,
 ) -> Result<rustls::ServerConfig, ConfigError> {
     let raw = &t.value;
-    let required = |v: &Option<Spanned<PathBuf>>, key: &str| match v {
-        Some(p) => Ok((base.join(&p.value), p.referenced)),
+    let required = |v: Option<(Vec<u8>, serde_saphyr::Location, String)>, name: &str| match v {
+        Some(v) => Ok(v),
         None => c.err(
             &t.referenced,
-            &format!("tls_server_config.{key}"),
-            "required when tls_server_config is given",
+            &format!("tls_server_config.{name}_file"),
+            format!("required when tls_server_config is given (or {name}, inline)"),
         ),
     };
-    let (cert_path, cert_at) = required(&raw.cert_file, "cert_file")?;
-    let (key_path, key_at) = required(&raw.key_file, "key_file")?;
-    let certs: Vec<CertificateDer<'static>> = read_pem(&cert_path).and_then(|pem| pem_certs(&pem)).or_else(|e| {
-        c.err(
-            &cert_at,
-            "tls_server_config.cert_file",
-            format!("cannot read certificates from {}: {e}", cert_path.display()),
-        )
-    })?;
+    let cert = pem_source(c, base, (&raw.cert, &raw.cert_file), "cert", files)?;
+    let (cert_pem, cert_at, cert_key) = required(cert, "cert")?;
+    let key = pem_source(c, base, (&raw.key, &raw.key_file), "key", files)?;
+    let (key_pem, key_at, key_key) = required(key, "key")?;
+    let certs =
+        pem_certs(&cert_pem).or_else(|e| c.err(&cert_at, &cert_key, format!("cannot read certificates: {e}")))?;
     if certs.is_empty() {
-        return c.err(
-            &cert_at,
-            "tls_server_config.cert_file",
-            format!("no certificate in {}", cert_path.display()),
-        );
+        return c.err(&cert_at, &cert_key, "no certificate in it");
     }
-    let key = read_pem(&key_path)
-        .and_then(|pem| PrivateKeyDer::from_pem_slice(&pem).map_err(|e| e.to_string()))
-        .or_else(|e| {
-            c.err(
-                &key_at,
-                "tls_server_config.key_file",
-                format!("cannot read a private key from {}: {e}", key_path.display()),
-            )
-        })?;
-    files.extend([cert_path, key_path.clone()]);
+    let key = PrivateKeyDer::from_pem_slice(&key_pem)
+        .or_else(|e| c.err(&key_at, &key_key, format!("cannot read a private key: {e}")))?;
 
     let version = |v: &Option<Spanned<String>>, key: &str, default: u8| match v {
         None => Ok(default),
@@ -232,7 +449,71 @@ fn tls_config(
         return c.err(&at, "tls_server_config.min_version", "min_version is above max_version");
     }
 
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(suites) = &raw.cipher_suites {
+        let key = "tls_server_config.cipher_suites";
+        let mut chosen: Vec<rustls::SupportedCipherSuite> = provider
+            .cipher_suites
+            .iter()
+            .copied()
+            .filter(|s| s.tls13().is_some())
+            .collect();
+        for name in &suites.value {
+            match tls12_suite(name) {
+                Some(suite) => chosen.push(suite),
+                None if TLS13_SUITES.contains(&name.as_str()) => {}
+                None => {
+                    let offered: Vec<&str> = [
+                        "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
+                        "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+                        "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305",
+                        "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256",
+                        "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384",
+                        "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305",
+                    ]
+                    .to_vec();
+                    return c.err(
+                        &suites.referenced,
+                        key,
+                        format!(
+                            "{name:?} is not offered by rustls (no CBC, RSA key exchange or 3DES suites); TLS 1.2 suites offered: {}",
+                            offered.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        if versions.len() == 1 && max == 2 && chosen.iter().all(|s| s.tls13().is_some()) {
+            return c.err(
+                &suites.referenced,
+                key,
+                "no TLS 1.2 suite listed, and TLS 1.2 is the only version allowed",
+            );
+        }
+        provider.cipher_suites = chosen;
+    }
+    if let Some(curves) = &raw.curve_preferences {
+        let mut groups = Vec::new();
+        for name in &curves.value {
+            let group = curve(name).or_else(|why| {
+                c.err(
+                    &curves.referenced,
+                    "tls_server_config.curve_preferences",
+                    format!("{name:?}: {why}"),
+                )
+            })?;
+            groups.push(group);
+        }
+        if groups.is_empty() {
+            return c.err(
+                &curves.referenced,
+                "tls_server_config.curve_preferences",
+                "empty: no key exchange possible",
+            );
+        }
+        provider.kx_groups = groups;
+    }
+    let provider = Arc::new(provider);
     let builder = rustls::ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_protocol_versions(&versions)
         .or_else(|e| c.err(&t.referenced, "tls_server_config", e.to_string()))?;
@@ -242,46 +523,71 @@ fn tls_config(
         .map_or("NoClientCert", |s| s.value.as_str());
     let auth_at = raw.client_auth_type.as_ref().map_or(t.referenced, |s| s.referenced);
     let auth_key = "tls_server_config.client_auth_type";
+    if let Some(sans) = &raw.client_allowed_sans
+        && auth_type != "RequireAndVerifyClientCert"
+    {
+        return c.err(
+            &sans.referenced,
+            "tls_server_config.client_allowed_sans",
+            "needs client_auth_type: RequireAndVerifyClientCert (the others let a client in without a certificate to match)",
+        );
+    }
     let builder = match auth_type {
         "NoClientCert" => builder.with_no_client_auth(),
         "RequireAndVerifyClientCert" | "VerifyClientCertIfGiven" => {
-            let Some(ca) = &raw.client_ca_file else {
-                return c.err(&auth_at, auth_key, format!("{auth_type} needs client_ca_file"));
+            let ca = pem_source(c, base, (&raw.client_ca, &raw.client_ca_file), "client_ca", files)?;
+            let Some((ca_pem, ca_at, ca_key)) = ca else {
+                return c.err(
+                    &auth_at,
+                    auth_key,
+                    format!("{auth_type} needs client_ca_file (or client_ca)"),
+                );
             };
-            let ca_path = base.join(&ca.value);
             let mut roots = rustls::RootCertStore::empty();
-            let cas = read_pem(&ca_path).and_then(|pem| pem_certs(&pem)).or_else(|e| {
-                c.err(
-                    &ca.referenced,
-                    "tls_server_config.client_ca_file",
-                    format!("cannot read {}: {e}", ca_path.display()),
-                )
-            })?;
+            let cas = pem_certs(&ca_pem).or_else(|e| c.err(&ca_at, &ca_key, e))?;
             for cert in cas {
-                roots
-                    .add(cert)
-                    .or_else(|e| c.err(&ca.referenced, "tls_server_config.client_ca_file", e.to_string()))?;
+                roots.add(cert).or_else(|e| c.err(&ca_at, &ca_key, e.to_string()))?;
             }
-            files.push(ca_path);
-            let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+            let mut verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), Arc::clone(&provider));
             if auth_type == "VerifyClientCertIfGiven" {
                 verifier = verifier.allow_unauthenticated();
             }
             let verifier = verifier.build().or_else(|e| c.err(&auth_at, auth_key, e.to_string()))?;
-            builder.with_client_cert_verifier(verifier)
+            match &raw.client_allowed_sans {
+                None => builder.with_client_cert_verifier(verifier),
+                Some(sans) => {
+                    let mut names = Vec::new();
+                    for san in &sans.value {
+                        let name = match san.parse::<std::net::IpAddr>() {
+                            Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
+                            Err(_) => match rustls::pki_types::DnsName::try_from(san.clone()) {
+                                Ok(dns) => rustls::pki_types::ServerName::DnsName(dns),
+                                Err(_) => {
+                                    return c.err(
+                                        &sans.referenced,
+                                        "tls_server_config.client_allowed_sans",
+                                        format!("{san:?}: only DNS names and IP addresses can be matched (rustls does not expose e-mail or URI names)"),
+                                    );
+                                }
+                            },
+                        };
+                        names.push(name);
+                    }
+                    builder.with_client_cert_verifier(Arc::new(AllowedSans { inner: verifier, names }))
+                }
+            }
         }
         "RequestClientCert" | "RequireAnyClientCert" => {
             return c.err(&auth_at, auth_key, format!("{auth_type} (a client certificate that is not verified) is not supported; use RequireAndVerifyClientCert or VerifyClientCertIfGiven"));
         }
         other => return c.err(&auth_at, auth_key, format!("unknown client_auth_type {other:?}")),
     };
-    let mut config = builder.with_single_cert(certs, key).or_else(|e| {
-        c.err(
-            &key_at,
-            "tls_server_config.key_file",
-            format!("the key does not fit the certificate: {e}"),
-        )
-    })?;
+    let mut config = builder
+        .with_single_cert(certs, key)
+        .or_else(|e| c.err(&key_at, &key_key, format!("the key does not fit the certificate: {e}")))?;
+    // exporter-toolkit's default is the server's order (prefer_server_cipher_suites: true).
+    config.ignore_client_order = raw.prefer_server_cipher_suites.unwrap_or(true);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
