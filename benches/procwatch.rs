@@ -9,7 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -831,12 +831,15 @@ fn file_events(quick: bool, clk: f64) {
         tempfile::tempdir().unwrap()
     };
     let d = dir.path();
-    std::fs::File::create(d.join("sentinel")).unwrap();
+    std::fs::File::create(d.join("sentinel0")).unwrap();
     let yaml = format!("status_interval: 0\nwatches:\n  - name: w\n    path: {}\n", d.display());
     let pw = Pw::start(&yaml, &[]);
     wait(Duration::from_secs(30), || {
         (sum(&pw.get("/metrics"), "procwatch_file_watch_up{") == 1.0).then_some(())
     });
+    let fs_kind = if shm.is_dir() { "tmpfs" } else { "disk" };
+
+    // Flat: one directory, creates then removes.
     let n = if quick { 20_000 } else { 100_000 };
     let cpu0 = pw.cpu(clk);
     let t0 = Instant::now();
@@ -847,29 +850,129 @@ fn file_events(quick: bool, clk: f64) {
         std::fs::remove_file(d.join(format!("f{i}"))).unwrap();
     }
     let made = t0.elapsed();
-    std::fs::set_permissions(d.join("sentinel"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let body = wait(Duration::from_secs(120), || {
-        let b = pw.get("/metrics");
-        (sum(&b, "procwatch_file_events_total{watch=\"w\",kind=\"other\"}") >= 1.0).then_some(b)
-    });
-    let cpu = pw.cpu(clk) - cpu0;
-    let creates = sum(&body, "procwatch_file_events_total{watch=\"w\",kind=\"create\"}") as usize;
-    let removes = sum(&body, "procwatch_file_events_total{watch=\"w\",kind=\"remove\"}") as usize;
-    let overflows = sum(&body, "procwatch_file_watch_overflows_total{");
-    let events = 2 * n;
+    let (counts, overflows, cpu) = settle(&pw, d, clk, cpu0, 1, |c| c[0] >= n && c[2] >= n);
     println!(
-        "file events: {n} creates + {n} removes on {} in {:.2} s ({:.0} events/s): counted {creates} + {removes} ({}), {overflows} overflows; procwatch CPU {:.3} µs/event",
-        if shm.is_dir() { "tmpfs" } else { "disk" },
+        "file events, flat: {n} creates + {n} removes on {fs_kind} in {:.2} s ({:.0} events/s): counted {} + {} ({}), {overflows} overflows; procwatch CPU {:.3} µs/event",
         made.as_secs_f64(),
-        events as f64 / made.as_secs_f64(),
-        if creates == n && removes == n {
+        (2 * n) as f64 / made.as_secs_f64(),
+        counts[0],
+        counts[2],
+        if counts[0] == n && counts[2] == n {
             "exact"
         } else {
             "NOT EXACT"
         },
-        cpu.as_secs_f64() * 1e6 / events as f64,
+        cpu.as_secs_f64() * 1e6 / (2 * n) as f64,
+    );
+
+    // Nested: a source tree packed by tar(1), extracted into the watch and removed with rm -rf:
+    // every directory is watched and listed as it appears, and that is part of the cost.
+    let scratch = tempfile::tempdir().unwrap();
+    let (pkgs, files) = if quick { (300, 12) } else { (1500, 20) };
+    let (tar, entries) = source_tarball(scratch.path(), pkgs, 3, files);
+    let before = settle(&pw, d, clk, Duration::ZERO, 2, |_| true).0;
+    let cpu0 = pw.cpu(clk);
+    let t0 = Instant::now();
+    let ok = Command::new("tar")
+        .arg("-xf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(d)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = Command::new("rm").arg("-rf").arg(d.join("project")).status().unwrap();
+    assert!(ok.success());
+    let made = t0.elapsed();
+    let (after, overflows, cpu) = settle(&pw, d, clk, cpu0, 3, |c| {
+        c[0] >= before[0] + entries && c[2] >= before[2] + entries
+    });
+    let counted: usize = (0..5).map(|k| after[k] - before[k]).sum::<usize>() - 1; // not the sentinel
+    let (creates, removes) = (after[0] - before[0], after[2] - before[2]);
+    println!(
+        "file events, nested: tar -x then rm -rf of a source tree ({entries} files and directories, {pkgs} packages 4 deep) on {fs_kind} in {:.2} s: counted {creates} creates + {removes} removes ({}), {counted} events of every kind, {overflows} overflows; procwatch CPU {:.3} µs per counted event ({:.3} µs per create or remove)",
+        made.as_secs_f64(),
+        if creates == entries && removes == entries {
+            "exact"
+        } else {
+            "NOT EXACT"
+        },
+        cpu.as_secs_f64() * 1e6 / counted as f64,
+        cpu.as_secs_f64() * 1e6 / (creates + removes) as f64,
     );
     pw.stop();
+}
+
+/// Waits until the counts pass `done`, then for a rename of the sentinel (`sentinel{k-1}` to
+/// `sentinel{k}`; a rename, since tar sets modes and times: a sentinel made while the queue
+/// was full would be lost with the rest, so it comes once the burst is counted). Returns the
+/// counts by kind, the overflows and procwatch's CPU since `cpu0`.
+fn settle(
+    pw: &Pw,
+    dir: &Path,
+    clk: f64,
+    cpu0: Duration,
+    k: usize,
+    done: impl Fn(&[usize; 5]) -> bool,
+) -> ([usize; 5], f64, Duration) {
+    let kinds = ["create", "modify", "remove", "rename", "other"];
+    let counts = |b: &str| {
+        kinds.map(|kind| {
+            sum(
+                b,
+                &format!("procwatch_file_events_total{{watch=\"w\",kind=\"{kind}\"}}"),
+            ) as usize
+        })
+    };
+    wait(Duration::from_secs(300), || {
+        done(&counts(&pw.get("/metrics"))).then_some(())
+    });
+    std::fs::rename(dir.join(format!("sentinel{}", k - 1)), dir.join(format!("sentinel{k}"))).unwrap();
+    let body = wait(Duration::from_secs(60), || {
+        let b = pw.get("/metrics");
+        (counts(&b)[3] >= k).then_some(b)
+    });
+    let cpu = pw.cpu(clk).saturating_sub(cpu0);
+    (counts(&body), sum(&body, "procwatch_file_watch_overflows_total{"), cpu)
+}
+
+/// A source tree of `pkgs` packages nested `depth` deep with `files` files each, packed with
+/// tar(1) in `scratch`. Returns the archive and how many files and directories it holds.
+fn source_tarball(scratch: &Path, pkgs: usize, depth: usize, files: usize) -> (PathBuf, usize) {
+    let src = scratch.join("project");
+    for i in 0..pkgs {
+        let mut p = src.clone();
+        for level in 0..depth {
+            p = p.join(format!("m{}_{level}", i % (level + 3)));
+        }
+        p = p.join(format!("pkg{i}"));
+        std::fs::create_dir_all(&p).unwrap();
+        for j in 0..files {
+            std::fs::write(p.join(format!("f{j}.rs")), format!("// file {j}\nfn f{j}() {{}}\n")).unwrap();
+        }
+    }
+    let mut entries = 1;
+    let mut stack = vec![src.clone()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap().flatten() {
+            entries += 1;
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    let tar = scratch.join("project.tar");
+    let ok = Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(scratch)
+        .arg("project")
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::remove_dir_all(&src).unwrap();
+    (tar, entries)
 }
 
 // ---- a small harness around the real binary ----
