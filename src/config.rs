@@ -137,6 +137,12 @@ pub struct ProgramConfig {
     pub stop_timeout: Duration,
     /// Restart or signal the program when a watch sees changes.
     pub on_change: Option<OnChange>,
+    /// Programs that must meet a condition before this one starts, in config order.
+    pub depends_on: Vec<Dependency>,
+    /// Failing: the run is ended and restarted through the restart policy.
+    pub liveness: Option<ProbeConfig>,
+    /// Drives `procwatch_process_ready` and `depends_on: ready`.
+    pub readiness: Option<ProbeConfig>,
 }
 
 /// `on_change`: what to do to a program when a watch counts events, once per burst.
@@ -322,6 +328,9 @@ struct RawProgram {
     backoff: Option<RawBackoff>,
     stop_signal: Option<Spanned<String>>,
     stop_timeout: Option<Spanned<Scalar>>,
+    depends_on: Option<Spanned<OrderedMap<Spanned<String>, Spanned<String>>>>,
+    liveness: Option<Spanned<RawProbe>>,
+    readiness: Option<Spanned<RawProbe>>,
     on_change: Option<Spanned<RawOnChange>>,
 }
 
@@ -770,6 +779,7 @@ fn validate(raw: RawConfig, src: &Source, path: Option<&Path>) -> Result<Config,
             return Err(unknown);
         }
     }
+    check_dependencies(&mut processes)?;
     Ok(Config {
         source: None,
         included,
@@ -922,6 +932,9 @@ fn program(
         None => None,
     };
     let cwd = p_val.cwd.as_ref().map(|d| src.path(&d.value));
+    let liveness = c.probe(&p_val.liveness, &at("liveness"), ProbeRole::Liveness)?;
+    let readiness = c.probe(&p_val.readiness, &at("readiness"), ProbeRole::Readiness)?;
+    let depends_on = c.dependencies(&p_val.depends_on, &at("depends_on"))?;
 
     let mut env = BTreeMap::new();
     for (j, f) in p_val.env_file.iter().enumerate() {
@@ -966,6 +979,9 @@ fn program(
         stop_signal,
         stop_timeout,
         on_change,
+        depends_on,
+        liveness,
+        readiness,
     };
     let Some(n) = &p_val.instances else {
         out.push(base);
@@ -1585,6 +1601,413 @@ pub fn format_duration(d: Duration) -> String {
     }
 }
 
+// ---- health and order: liveness, readiness, depends_on ----
+
+/// What a program waits for in another before it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DependCondition {
+    /// The dependency's process has been started.
+    Started,
+    /// The dependency runs and its readiness probe passes (or it runs, where it has none).
+    Ready,
+    /// The dependency ran to exit code 0 and is not going to run again (a one-shot task).
+    CompletedSuccessfully,
+}
+
+impl DependCondition {
+    const ALL: [(&str, DependCondition); 3] = [
+        ("started", DependCondition::Started),
+        ("ready", DependCondition::Ready),
+        ("completed_successfully", DependCondition::CompletedSuccessfully),
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        DependCondition::ALL
+            .iter()
+            .find(|(_, c)| *c == self)
+            .map_or("?", |(n, _)| n)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    /// A program; once validated, never the base name of programs with `instances` (a
+    /// dependency on `web` becomes one on each of `web-0`, `web-1`...).
+    pub name: String,
+    pub condition: DependCondition,
+    /// Where it was written, for errors found once every file is read.
+    site: Site,
+}
+
+/// Two dependencies are the same whatever line they were written on: moving a line is not a
+/// change that restarts a program on reload.
+impl PartialEq for Dependency {
+    fn eq(&self, other: &Dependency) -> bool {
+        self.name == other.name && self.condition == other.condition
+    }
+}
+
+impl Eq for Dependency {}
+
+#[derive(Debug, Clone)]
+struct Site {
+    file: String,
+    at: serde_saphyr::Location,
+    key: String,
+}
+
+impl Site {
+    fn err<T>(&self, message: impl Into<String>) -> Result<T, ConfigError> {
+        Checker { file: &self.file }.err(&self.at, &self.key, message)
+    }
+}
+
+/// One health check of a program, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeConfig {
+    pub check: ProbeCheck,
+    pub period: Duration,
+    pub timeout: Duration,
+    /// Failures in a row that make the probe fail (liveness: restart; readiness: not ready).
+    pub failure_threshold: u32,
+    /// Successes in a row that make a failed readiness probe pass again.
+    pub success_threshold: u32,
+    /// Time after the start of a run before the first probe.
+    pub initial_delay: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProbeCheck {
+    /// GET `url`; success is `status`, or any 2xx or 3xx where it is not given. Redirects are
+    /// not followed.
+    Http { url: String, status: Option<u16> },
+    /// A TCP connection to `address` (`host:port`) is accepted.
+    Tcp { address: String },
+    /// `command` (argv) exits 0; run with the program's identity, environment and cwd.
+    Exec { command: Vec<String> },
+}
+
+impl ProbeCheck {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProbeCheck::Http { .. } => "http",
+            ProbeCheck::Tcp { .. } => "tcp",
+            ProbeCheck::Exec { .. } => "exec",
+        }
+    }
+}
+
+/// Which of a program's probes: the `probe` label of the probe metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeRole {
+    Liveness,
+    Readiness,
+}
+
+impl ProbeRole {
+    pub const ALL: [ProbeRole; 2] = [ProbeRole::Liveness, ProbeRole::Readiness];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeRole::Liveness => "liveness",
+            ProbeRole::Readiness => "readiness",
+        }
+    }
+}
+
+impl ProgramConfig {
+    /// The probe of this role, where the program has one.
+    pub fn probe(&self, role: ProbeRole) -> Option<&ProbeConfig> {
+        match role {
+            ProbeRole::Liveness => self.liveness.as_ref(),
+            ProbeRole::Readiness => self.readiness.as_ref(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    http: Option<Spanned<RawHttpProbe>>,
+    tcp: Option<Spanned<String>>,
+    exec: Option<Spanned<Vec<String>>>,
+    period: Option<Spanned<Scalar>>,
+    timeout: Option<Spanned<Scalar>>,
+    failure_threshold: Option<Spanned<Scalar>>,
+    success_threshold: Option<Spanned<Scalar>>,
+    initial_delay: Option<Spanned<Scalar>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttpProbe {
+    url: Spanned<String>,
+    status: Option<Spanned<Scalar>>,
+}
+
+/// A YAML map read as its entries in the order written (errors name the first bad one).
+struct OrderedMap<K, V>(Vec<(K, V)>);
+
+impl<'de, K: Deserialize<'de>, V: Deserialize<'de>> Deserialize<'de> for OrderedMap<K, V> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<K, V>(std::marker::PhantomData<(K, V)>);
+        impl<'de, K: Deserialize<'de>, Val: Deserialize<'de>> serde::de::Visitor<'de> for V<K, Val> {
+            type Value = OrderedMap<K, Val>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(OrderedMap(entries))
+            }
+        }
+        d.deserialize_map(V(std::marker::PhantomData))
+    }
+}
+
+impl Checker<'_> {
+    fn count(&self, value: &Option<Spanned<Scalar>>, key: &str, default: u32) -> Result<u32, ConfigError> {
+        match value {
+            None => Ok(default),
+            Some(s) => match s.value.0.trim().parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => self.err(
+                    &s.referenced,
+                    key,
+                    format!("must be a whole number of at least 1, not {:?}", s.value.0),
+                ),
+            },
+        }
+    }
+
+    fn probe(
+        &self,
+        raw: &Option<Spanned<RawProbe>>,
+        key: &str,
+        role: ProbeRole,
+    ) -> Result<Option<ProbeConfig>, ConfigError> {
+        let Some(raw) = raw else { return Ok(None) };
+        let at = |k: &str| format!("{key}.{k}");
+        let p = &raw.value;
+        let given = [p.http.is_some(), p.tcp.is_some(), p.exec.is_some()];
+        if given.iter().filter(|&&g| g).count() != 1 {
+            return self.err(&raw.referenced, key, "needs exactly one of http, tcp or exec");
+        }
+        let check = if let Some(http) = &p.http {
+            let url = &http.value.url;
+            check_url(&url.value).or_else(|m| self.err(&url.referenced, &at("http.url"), m))?;
+            let status = match &http.value.status {
+                None => None,
+                Some(s) => match s.value.0.trim().parse::<u16>() {
+                    Ok(code) if (100..=599).contains(&code) => Some(code),
+                    _ => {
+                        return self.err(
+                            &s.referenced,
+                            &at("http.status"),
+                            format!("not an HTTP status code: {:?}", s.value.0),
+                        );
+                    }
+                },
+            };
+            ProbeCheck::Http {
+                url: url.value.clone(),
+                status,
+            }
+        } else if let Some(tcp) = &p.tcp {
+            check_host_port(&tcp.value).or_else(|m| self.err(&tcp.referenced, &at("tcp"), m))?;
+            ProbeCheck::Tcp {
+                address: tcp.value.clone(),
+            }
+        } else {
+            let exec = p.exec.as_ref().expect("one of the three is given");
+            if exec.value.first().is_none_or(String::is_empty) {
+                return self.err(
+                    &exec.referenced,
+                    &at("exec"),
+                    "must be a non-empty list: [program, args...]",
+                );
+            }
+            ProbeCheck::Exec {
+                command: exec.value.clone(),
+            }
+        };
+        let period = self.duration(&p.period, &at("period"), Duration::from_secs(10))?;
+        let timeout = self.duration(&p.timeout, &at("timeout"), Duration::from_secs(1))?;
+        for (value, d, k) in [(&p.period, period, "period"), (&p.timeout, timeout, "timeout")] {
+            if d.is_zero() {
+                let loc = value.as_ref().map_or(raw.referenced, |v| v.referenced);
+                return self.err(&loc, &at(k), "must be more than 0");
+            }
+        }
+        let failure_threshold = self.count(&p.failure_threshold, &at("failure_threshold"), 3)?;
+        let success_threshold = self.count(&p.success_threshold, &at("success_threshold"), 1)?;
+        if role == ProbeRole::Liveness
+            && success_threshold != 1
+            && let Some(s) = &p.success_threshold
+        {
+            return self.err(
+                &s.referenced,
+                &at("success_threshold"),
+                "must be 1 for a liveness probe (one success ends a series of failures)",
+            );
+        }
+        Ok(Some(ProbeConfig {
+            check,
+            period,
+            timeout,
+            failure_threshold,
+            success_threshold,
+            initial_delay: self.duration(&p.initial_delay, &at("initial_delay"), Duration::ZERO)?,
+        }))
+    }
+
+    fn dependencies(
+        &self,
+        raw: &Option<Spanned<OrderedMap<Spanned<String>, Spanned<String>>>>,
+        key: &str,
+    ) -> Result<Vec<Dependency>, ConfigError> {
+        let Some(raw) = raw else { return Ok(Vec::new()) };
+        let mut deps: Vec<Dependency> = Vec::with_capacity(raw.value.0.len());
+        for (name, condition) in &raw.value.0 {
+            let k = format!("{key}.{}", name.value);
+            let Some(&(_, condition)) = DependCondition::ALL.iter().find(|(n, _)| *n == condition.value) else {
+                return self.err(
+                    &condition.referenced,
+                    &k,
+                    format!(
+                        "unknown condition {:?} (expected started, ready or completed_successfully)",
+                        condition.value
+                    ),
+                );
+            };
+            if deps.iter().any(|d| d.name == name.value) {
+                return self.err(&name.referenced, &k, "named twice");
+            }
+            deps.push(Dependency {
+                name: name.value.clone(),
+                condition,
+                site: Site {
+                    file: self.file.to_owned(),
+                    at: name.referenced,
+                    key: k,
+                },
+            });
+        }
+        Ok(deps)
+    }
+}
+
+/// Every dependency names another program (a name with `instances` stands for all of its
+/// copies), a one-shot condition names a program that can complete, and there is no cycle.
+/// Errors point at the `depends_on` entry, in whichever file it is.
+fn check_dependencies(programs: &mut [ProgramConfig]) -> Result<(), ConfigError> {
+    let index: HashMap<String, usize> = programs.iter().enumerate().map(|(i, p)| (p.name.clone(), i)).collect();
+    // `web` -> [web-0, web-1, ...]
+    let mut copies: HashMap<String, Vec<usize>> = HashMap::new();
+    for (i, p) in programs.iter().enumerate() {
+        if let Some(k) = p.instance {
+            let base = p.name.strip_suffix(&format!("-{k}")).unwrap_or(&p.name);
+            copies.entry(base.to_owned()).or_default().push(i);
+        }
+    }
+    for i in 0..programs.len() {
+        let mut resolved = Vec::with_capacity(programs[i].depends_on.len());
+        for d in &programs[i].depends_on {
+            let targets = match (index.get(&d.name), copies.get(&d.name)) {
+                (Some(&t), _) => vec![t],
+                (None, Some(all)) => all.clone(),
+                (None, None) => return d.site.err(format!("no program is named {:?}", d.name)),
+            };
+            for t in targets {
+                let target = &programs[t];
+                if t == i {
+                    return d.site.err("a program cannot depend on itself");
+                }
+                if d.condition == DependCondition::CompletedSuccessfully && target.restart == RestartPolicy::Always {
+                    return d.site.err(format!(
+                        "{:?} has restart: always, so it never completes; give it restart: never or on-failure",
+                        d.name
+                    ));
+                }
+                resolved.push(Dependency {
+                    name: target.name.clone(),
+                    ..d.clone()
+                });
+            }
+        }
+        programs[i].depends_on = resolved;
+    }
+    // Depth-first search; a dependency met again while still on the path closes a cycle.
+    #[derive(Clone, Copy, PartialEq)]
+    enum Mark {
+        New,
+        OnPath,
+        Done,
+    }
+    let mut mark = vec![Mark::New; programs.len()];
+    for start in 0..programs.len() {
+        if mark[start] != Mark::New {
+            continue;
+        }
+        // (program, next dependency to look at)
+        let mut path: Vec<(usize, usize)> = vec![(start, 0)];
+        mark[start] = Mark::OnPath;
+        while let Some(&mut (i, ref mut next)) = path.last_mut() {
+            let Some(d) = programs[i].depends_on.get(*next) else {
+                mark[i] = Mark::Done;
+                path.pop();
+                continue;
+            };
+            *next += 1;
+            let target = index[&d.name];
+            match mark[target] {
+                Mark::Done => {}
+                Mark::New => {
+                    mark[target] = Mark::OnPath;
+                    path.push((target, 0));
+                }
+                Mark::OnPath => {
+                    let from = path.iter().position(|&(p, _)| p == target).expect("on the path");
+                    let mut names: Vec<&str> = path[from..].iter().map(|&(p, _)| programs[p].name.as_str()).collect();
+                    names.push(&programs[target].name);
+                    return d.site.err(format!("dependency cycle: {}", names.join(" -> ")));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// An absolute `http://` or `https://` URL with a host.
+fn check_url(url: &str) -> Result<(), String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("invalid URL {url:?}: {e}"))?;
+    match uri.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err(format!("URL {url:?} must start with http:// or https://")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(format!("URL {url:?} has no host"));
+    }
+    Ok(())
+}
+
+/// `host:port`, `[v6]:port`.
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let bad = || format!("invalid address {addr:?} (write it as host:port, [ipv6]:port)");
+    let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(['[', ']', '/', ' ']) || (host.contains(':') && !addr.starts_with('[')) {
+        return Err(bad());
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(bad()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2043,5 +2466,165 @@ mod tests {
             assert_eq!((line, c, k.as_str()), (4, col, key), "{on_change}: {message}");
             assert!(message.contains(says), "{on_change}: {message}");
         }
+    }
+
+    #[test]
+    fn probes_parse_with_defaults() {
+        let c = Config::parse(
+            "processes:
+  - name: web
+    command: [x]
+    liveness: {http: {url: 'http://127.0.0.1:8080/healthz', status: 204}, period: 2s}
+    readiness: {tcp: '[::1]:8080', success_threshold: 2, failure_threshold: 1}
+  - name: w
+    command: [x]
+    liveness: {exec: [true], initial_delay: 5s, timeout: 200ms}
+",
+            "t.yaml",
+        )
+        .unwrap();
+        let live = c.processes[0].liveness.as_ref().unwrap();
+        assert_eq!(
+            live.check,
+            ProbeCheck::Http {
+                url: "http://127.0.0.1:8080/healthz".into(),
+                status: Some(204)
+            }
+        );
+        assert_eq!(live.period, Duration::from_secs(2));
+        assert_eq!(live.timeout, Duration::from_secs(1));
+        assert_eq!((live.failure_threshold, live.success_threshold), (3, 1));
+        let ready = c.processes[0].readiness.as_ref().unwrap();
+        assert_eq!(ready.check.kind(), "tcp");
+        assert_eq!((ready.failure_threshold, ready.success_threshold), (1, 2));
+        let exec = c.processes[1].liveness.as_ref().unwrap();
+        assert_eq!(exec.initial_delay, Duration::from_secs(5));
+        assert_eq!(exec.timeout, Duration::from_millis(200));
+    }
+
+    #[test]
+    fn bad_probes_are_refused_with_their_key() {
+        let cases = [
+            ("liveness: {period: 1s}", "processes[0].liveness", "exactly one"),
+            (
+                "liveness: {tcp: 'a:1', exec: [x]}",
+                "processes[0].liveness",
+                "exactly one",
+            ),
+            (
+                "liveness: {http: {url: 'ftp://h/'}}",
+                "processes[0].liveness.http.url",
+                "http://",
+            ),
+            (
+                "liveness: {http: {url: '/healthz'}}",
+                "processes[0].liveness.http.url",
+                "http://",
+            ),
+            (
+                "liveness: {http: {url: 'http://h/', status: 42}}",
+                "processes[0].liveness.http.status",
+                "42",
+            ),
+            (
+                "readiness: {tcp: 'localhost'}",
+                "processes[0].readiness.tcp",
+                "host:port",
+            ),
+            ("readiness: {tcp: '::1:80'}", "processes[0].readiness.tcp", "host:port"),
+            ("readiness: {tcp: 'h:0'}", "processes[0].readiness.tcp", "host:port"),
+            ("readiness: {exec: []}", "processes[0].readiness.exec", "non-empty"),
+            (
+                "readiness: {tcp: 'h:1', period: 0s}",
+                "processes[0].readiness.period",
+                "more than 0",
+            ),
+            (
+                "readiness: {tcp: 'h:1', failure_threshold: 0}",
+                "processes[0].readiness.failure_threshold",
+                "at least 1",
+            ),
+            (
+                "liveness: {tcp: 'h:1', success_threshold: 2}",
+                "processes[0].liveness.success_threshold",
+                "must be 1",
+            ),
+            ("liveness: {tcp: 'h:1', perod: 2s}", "processes[0].liveness", "perod"),
+        ];
+        for (probe, want_key, want_msg) in cases {
+            let (line, _, key, msg) = err(&format!("processes:\n  - name: a\n    command: [x]\n    {probe}\n"));
+            assert_eq!(line, 4, "{probe}");
+            assert!(key.starts_with(want_key), "{probe}: {key}");
+            assert!(msg.contains(want_msg), "{probe}: {msg}");
+        }
+    }
+
+    #[test]
+    fn depends_on_parses_in_order() {
+        let c = Config::parse(
+            "processes:
+  - name: web
+    command: [x]
+    depends_on: {migrate: completed_successfully, db: ready, cache: started}
+  - {name: db, command: [x]}
+  - {name: cache, command: [x]}
+  - {name: migrate, command: [x], restart: never}
+",
+            "t.yaml",
+        )
+        .unwrap();
+        let deps: Vec<(&str, DependCondition)> = c.processes[0]
+            .depends_on
+            .iter()
+            .map(|d| (d.name.as_str(), d.condition))
+            .collect();
+        assert_eq!(
+            deps,
+            [
+                ("migrate", DependCondition::CompletedSuccessfully),
+                ("db", DependCondition::Ready),
+                ("cache", DependCondition::Started)
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_dependencies_are_refused_at_the_entry() {
+        let (line, col, key, msg) = err(
+            "processes:\n  - name: a\n    command: [x]\n    depends_on:\n      b: ready\n      nope: started\n  - {name: b, command: [x]}\n",
+        );
+        assert_eq!((line, col, key.as_str()), (6, 7, "processes[0].depends_on.nope"));
+        assert!(msg.contains("\"nope\""), "{msg}");
+
+        let (line, _, key, msg) = err("processes:\n  - name: a\n    command: [x]\n    depends_on: {a: started}\n");
+        assert_eq!((line, key.as_str()), (4, "processes[0].depends_on.a"));
+        assert!(msg.contains("itself"), "{msg}");
+
+        let (_, _, key, msg) =
+            err("processes:\n  - {name: a, command: [x], depends_on: {b: healthy}}\n  - {name: b, command: [x]}\n");
+        assert_eq!(key, "processes[0].depends_on.b");
+        assert!(msg.contains("healthy"), "{msg}");
+
+        let (_, _, key, msg) = err(
+            "processes:\n  - {name: a, command: [x], depends_on: {b: completed_successfully}}\n  - {name: b, command: [x], restart: always}\n",
+        );
+        assert_eq!(key, "processes[0].depends_on.b");
+        assert!(msg.contains("restart: always"), "{msg}");
+    }
+
+    #[test]
+    fn a_dependency_cycle_is_refused_and_named() {
+        let (line, col, key, msg) = err("processes:
+  - {name: a, command: [x], depends_on: {b: started}}
+  - {name: b, command: [x], depends_on: {c: ready}}
+  - name: c
+    command: [x]
+    depends_on:
+      d: started
+      a: started
+  - {name: d, command: [x]}
+");
+        assert_eq!((line, col, key.as_str()), (8, 7, "processes[2].depends_on.a"));
+        assert_eq!(msg, "dependency cycle: a -> b -> c -> a");
     }
 }

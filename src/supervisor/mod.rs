@@ -9,6 +9,7 @@ mod control;
 mod guardian;
 pub mod identity;
 mod os;
+mod probe;
 mod runner;
 
 use std::collections::HashMap;
@@ -21,11 +22,12 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{ApplyReport, ProgramConfig};
+use crate::config::{ApplyReport, DependCondition, ProbeRole, ProgramConfig};
 use crate::procfs;
 
 pub use control::{Action, Control, ControlError, Origin, Outcome};
 pub use guardian::{GUARDIAN_FLAG, guardian_main};
+pub use probe::ProbeSample;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
@@ -72,6 +74,10 @@ pub struct Exit {
 /// Where a program is in its life.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ProgramState {
+    /// Not started yet: a dependency does not meet its `depends_on` condition.
+    Waiting {
+        dependency: String,
+    },
     Starting,
     Running {
         pid: i32,
@@ -96,6 +102,7 @@ pub enum ProgramState {
 impl ProgramState {
     pub fn label(&self) -> &'static str {
         match self {
+            ProgramState::Waiting { .. } => "waiting",
             ProgramState::Starting => "starting",
             ProgramState::Running { .. } => "running",
             ProgramState::Stopping { .. } => "stopping",
@@ -125,6 +132,25 @@ pub struct ProgramStatus {
     pub last_exit: Option<Exit>,
     /// Actions taken by hand, indexed by [`Action::index`].
     pub control_actions: [u64; 4],
+    /// Running, and its readiness probe passes (or it has none).
+    pub ready: bool,
+    /// A run has started since this config was applied (for `depends_on: started`).
+    pub started: bool,
+}
+
+impl ProgramStatus {
+    /// Whether this program, as a dependency, meets `condition`.
+    pub fn meets(&self, condition: DependCondition) -> bool {
+        match condition {
+            DependCondition::Started => self.started,
+            DependCondition::Ready => self.ready,
+            DependCondition::CompletedSuccessfully => {
+                self.started
+                    && self.state == ProgramState::Stopped
+                    && self.last_exit.is_some_and(|e| e.reason == ExitReason::Success)
+            }
+        }
+    }
 }
 
 /// A supervised program, kept by name across reloads so its counters go on.
@@ -137,6 +163,10 @@ pub struct Program {
     reaped_system_us: AtomicU64,
     /// The rest of what wait4's rusage told of them (exporter: faults, I/O, context switches).
     reaped: ReapedRusage,
+    /// Bumped on every publish: what a dependent waiting for this program wakes up on.
+    changed: tokio::sync::watch::Sender<()>,
+    /// Liveness, readiness: indexed like [`ProbeRole::ALL`].
+    probe_stats: [probe::ProbeStats; 2],
 }
 
 /// Totals of wait4 rusage over the processes of a program that procwatch reaped.
@@ -173,11 +203,31 @@ impl Program {
                 exits: [0; 3],
                 last_exit: None,
                 control_actions: [0; 4],
+                ready: false,
+                started: false,
             }),
             reaped_user_us: AtomicU64::new(0),
             reaped_system_us: AtomicU64::new(0),
             reaped: ReapedRusage::default(),
+            changed: tokio::sync::watch::Sender::new(()),
+            probe_stats: Default::default(),
         }
+    }
+
+    /// Publishes a new status and wakes whoever waits on this program.
+    fn store(&self, status: ProgramStatus) {
+        self.status.store(Arc::new(status));
+        self.changed.send_replace(());
+    }
+
+    pub(crate) fn probe_stats(&self, role: ProbeRole) -> &probe::ProbeStats {
+        &self.probe_stats[role as usize]
+    }
+
+    /// The numbers of the program's probe of this role, where it has one.
+    pub fn probe(&self, role: ProbeRole) -> Option<ProbeSample> {
+        self.status().config.probe(role)?;
+        Some(self.probe_stats(role).sample())
     }
 
     pub fn status(&self) -> Arc<ProgramStatus> {
@@ -239,6 +289,43 @@ struct Runner {
     commands: mpsc::Sender<control::Request>,
 }
 
+/// Stops `runners` in reverse dependency order: each program is told to stop once every
+/// program among `runners` that depends on it has stopped; unrelated programs stop at once.
+/// Returns when all have stopped.
+async fn stop_in_order(runners: Vec<Runner>) {
+    let done: HashMap<String, CancellationToken> = runners
+        .iter()
+        .map(|r| (r.config.name.clone(), CancellationToken::new()))
+        .collect();
+    let mut dependents: HashMap<String, Vec<CancellationToken>> = HashMap::new();
+    for r in &runners {
+        for d in &r.config.depends_on {
+            if done.contains_key(&d.name) {
+                dependents
+                    .entry(d.name.clone())
+                    .or_default()
+                    .push(done[&r.config.name].clone());
+            }
+        }
+    }
+    let mut stopping = Vec::with_capacity(runners.len());
+    for runner in runners {
+        let first = dependents.remove(&runner.config.name).unwrap_or_default();
+        let mine = done[&runner.config.name].clone();
+        stopping.push(tokio::spawn(async move {
+            for dependent in first {
+                dependent.cancelled().await;
+            }
+            runner.stop.cancel();
+            let _ = runner.task.await;
+            mine.cancel();
+        }));
+    }
+    for task in stopping {
+        let _ = task.await;
+    }
+}
+
 pub struct Supervisor {
     os: Arc<os::Os>,
     published: Arc<ArcSwap<Vec<Arc<Program>>>>,
@@ -274,17 +361,10 @@ impl Supervisor {
     /// added ones are started.
     pub async fn apply(&mut self, configs: &[ProgramConfig]) -> ApplyReport {
         let report = ApplyReport::diff(self.runners.iter().map(|(n, r)| (n, &*r.config)), configs, |c| &c.name);
-        // Stop what was removed or changed, all at once, and wait for all of them.
-        let mut stopping = Vec::new();
-        for name in report.to_stop() {
-            if let Some(runner) = self.runners.remove(name) {
-                runner.stop.cancel();
-                stopping.push(runner.task);
-            }
-        }
-        for task in stopping {
-            let _ = task.await;
-        }
+        // Stop what was removed or changed, dependents before what they depend on, and wait
+        // for all of them.
+        let stopping = report.to_stop().filter_map(|name| self.runners.remove(name)).collect();
+        stop_in_order(stopping).await;
         // Programs are kept by name, so a restarted program's counters go on.
         let old: HashMap<String, Arc<Program>> = self
             .published
@@ -293,33 +373,40 @@ impl Supervisor {
             .map(|p| (p.name.clone(), Arc::clone(p)))
             .collect();
         let mut list = Vec::with_capacity(configs.len());
+        let mut new = Vec::new();
         for config in configs {
             let program = match old.get(&config.name) {
                 Some(p) => Arc::clone(p),
                 None => Arc::new(Program::new(Arc::new(config.clone()))),
             };
             if !self.runners.contains_key(&config.name) {
-                let config = Arc::new(config.clone());
-                let stop = CancellationToken::new();
-                let (commands, requests) = mpsc::channel(control::QUEUE);
-                let task = runner::spawn(
-                    Arc::clone(&self.os),
-                    Arc::clone(&program),
-                    Arc::clone(&config),
-                    stop.clone(),
-                    requests,
-                );
-                self.runners.insert(
-                    config.name.clone(),
-                    Runner {
-                        config,
-                        stop,
-                        task,
-                        commands,
-                    },
-                );
+                // Every new runner's status is reset before any of them starts (see reset).
+                runner::reset(&program, Arc::new(config.clone()));
+                new.push(Arc::clone(&program));
             }
             list.push(program);
+        }
+        let by_name: HashMap<&str, &Arc<Program>> = list.iter().map(|p| (p.name.as_str(), p)).collect();
+        for program in new {
+            let config = Arc::clone(&program.status().config);
+            // Validated: every dependency names a program of this config.
+            let deps = config
+                .depends_on
+                .iter()
+                .filter_map(|d| by_name.get(d.name.as_str()).map(|p| (Arc::clone(p), d.condition)))
+                .collect();
+            let stop = CancellationToken::new();
+            let (commands, requests) = mpsc::channel(control::QUEUE);
+            let task = runner::spawn(Arc::clone(&self.os), program, deps, stop.clone(), requests);
+            self.runners.insert(
+                config.name.clone(),
+                Runner {
+                    config,
+                    stop,
+                    task,
+                    commands,
+                },
+            );
         }
         self.published.store(Arc::new(list));
         self.commands.store(Arc::new(
@@ -334,19 +421,20 @@ impl Supervisor {
     /// Stops every program gracefully, then any stray child; returns when all have stopped or
     /// `timeout` passed, in which case everything still alive is killed.
     pub async fn shutdown(&mut self, timeout: Duration) {
-        for runner in self.runners.values() {
-            runner.stop.cancel();
-        }
         self.commands.store(Arc::default());
-        let tasks: Vec<_> = self.runners.drain().map(|(_, r)| r.task).collect();
+        let stops: Vec<CancellationToken> = self.runners.values().map(|r| r.stop.clone()).collect();
+        let runners = self.runners.drain().map(|(_, r)| r).collect();
         let all = async {
-            for t in tasks {
-                let _ = t.await;
-            }
+            stop_in_order(runners).await;
             self.stop_strays().await;
         };
         if tokio::time::timeout(timeout, all).await.is_err() {
             tracing::warn!(?timeout, "shutdown_timeout passed; killing what is left");
+            // Programs still waiting for their dependents to stop must not restart what the
+            // SIGKILL below ends.
+            for stop in &stops {
+                stop.cancel();
+            }
             for pgid in self.os.groups() {
                 os::signal_group(pgid, libc::SIGKILL);
             }

@@ -43,6 +43,21 @@ struct Registry {
     mains: HashMap<i32, Entry>,
     /// Process group (= session) ID of a run -> program, until the group is empty.
     groups: HashMap<i32, Entry>,
+    /// Exec probes that have not been reaped yet -> where their wait status goes.
+    probes: HashMap<i32, oneshot::Sender<i32>>,
+}
+
+/// What the spawner thread forks.
+enum Job {
+    Program(SpawnRequest),
+    Probe(ProbeRequest),
+}
+
+struct ProbeRequest {
+    command: Vec<String>,
+    config: Arc<ProgramConfig>,
+    reply: oneshot::Sender<io::Result<ProbeChild>>,
+    os: Arc<Os>,
 }
 
 struct SpawnRequest {
@@ -54,7 +69,7 @@ struct SpawnRequest {
 pub(crate) struct Os {
     /// std Mutex: held only for map updates and across one fork, never across an `.await`.
     registry: Mutex<Registry>,
-    spawn_tx: std::sync::mpsc::Sender<SpawnRequest>,
+    spawn_tx: std::sync::mpsc::Sender<Job>,
     /// Bumped after each spawn, so that a reaper with no children knows when to look again.
     spawned: (Mutex<u64>, Condvar),
     guardian: Option<Guardian>,
@@ -76,7 +91,7 @@ impl Os {
             })
             .ok()
             .flatten();
-        let (spawn_tx, spawn_rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        let (spawn_tx, spawn_rx) = std::sync::mpsc::channel::<Job>();
         let os = Arc::new(Os {
             registry: Mutex::new(Registry::default()),
             spawn_tx,
@@ -89,8 +104,11 @@ impl Os {
         std::thread::Builder::new()
             .name("procwatch-spawn".into())
             .spawn(move || {
-                for req in spawn_rx {
-                    spawner.spawn_now(req);
+                for job in spawn_rx {
+                    match job {
+                        Job::Program(req) => spawner.spawn_now(req),
+                        Job::Probe(req) => spawner.spawn_probe_now(req),
+                    }
                 }
             })?;
         let reaper = Arc::clone(&os);
@@ -104,7 +122,7 @@ impl Os {
     pub(crate) async fn spawn(&self, config: Arc<ProgramConfig>, entry: Entry) -> io::Result<i32> {
         let (reply, rx) = oneshot::channel();
         self.spawn_tx
-            .send(SpawnRequest { config, entry, reply })
+            .send(Job::Program(SpawnRequest { config, entry, reply }))
             .map_err(|_| io::Error::other("spawner thread is gone"))?;
         rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
     }
@@ -126,6 +144,72 @@ impl Os {
         *generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         cond.notify_all();
         let _ = req.reply.send(result);
+    }
+
+    /// Starts an exec probe's command for a program, in a session of its own, with the
+    /// program's identity, environment and working directory; its output is kept for the
+    /// error message.
+    pub(crate) async fn spawn_probe(
+        self: &Arc<Self>,
+        command: Vec<String>,
+        config: Arc<ProgramConfig>,
+    ) -> io::Result<ProbeChild> {
+        let (reply, rx) = oneshot::channel();
+        self.spawn_tx
+            .send(Job::Probe(ProbeRequest {
+                command,
+                config,
+                reply,
+                os: Arc::clone(self),
+            }))
+            .map_err(|_| io::Error::other("spawner thread is gone"))?;
+        rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
+    }
+
+    fn spawn_probe_now(&self, req: ProbeRequest) {
+        let result = (|| {
+            let (reader, writer) = io::pipe()?;
+            let (status_tx, status) = oneshot::channel();
+            // Locked across the fork, as for programs: the reaper must find the PID registered.
+            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            let mut cmd = Command::new(&req.command[0]);
+            cmd.args(&req.command[1..])
+                .envs(&req.config.env)
+                .stdin(Stdio::null())
+                .stdout(writer.try_clone()?)
+                .stderr(writer);
+            if let Some(cwd) = &req.config.cwd {
+                cmd.current_dir(cwd);
+            }
+            in_own_session(&mut cmd, &req.config);
+            let pid = cmd.spawn()?.id() as i32;
+            reg.probes.insert(pid, status_tx);
+            drop(reg);
+            // The parent's copies of the write end are closed with `cmd`.
+            drop(cmd);
+            let output = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
+            Ok(ProbeChild {
+                os: Arc::clone(&req.os),
+                pid,
+                status,
+                exited: None,
+                output: Some(output),
+                buf: Vec::new(),
+            })
+        })();
+        let (generation, cond) = &self.spawned;
+        *generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        cond.notify_all();
+        let _ = req.reply.send(result);
+    }
+
+    /// SIGKILLs an exec probe's process group, unless it has been reaped already.
+    fn kill_probe(&self, pid: i32) {
+        let reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        // Registered means not reaped: the PID, hence the group ID, is still this probe's.
+        if reg.probes.contains_key(&pid) {
+            signal_group(pid, libc::SIGKILL);
+        }
     }
 
     /// Stops attributing processes of the group `pgid` (its run is over and it is empty).
@@ -185,6 +269,17 @@ impl Os {
             let mut status = 0;
             // SAFETY: rusage is plain data; wait4 fills it.
             let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+            if let Some(probe) = reg.probes.remove(&pid) {
+                // An exec probe is over when its command ends: whatever it left in its group
+                // goes now, while the unreaped zombie still holds the group ID.
+                signal_group(pid, libc::SIGKILL);
+                let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
+                drop(reg);
+                if got == pid {
+                    let _ = probe.send(status);
+                }
+                continue;
+            }
             let got = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut ru) };
             if got != pid {
                 // Someone else reaped it (std reaps a child whose exec failed); nothing to count.
@@ -234,6 +329,15 @@ fn spawn_program(config: &ProgramConfig) -> io::Result<i32> {
     if let Some(cwd) = &config.cwd {
         cmd.current_dir(cwd);
     }
+    in_own_session(&mut cmd, config);
+    let child = cmd.spawn()?;
+    // Dropping a std Child neither waits nor kills: the reaper thread owns its exit.
+    Ok(child.id() as i32)
+}
+
+/// Makes the command's process a session (and process group) leader with the program's
+/// identity, that dies with procwatch.
+fn in_own_session(cmd: &mut Command, config: &ProgramConfig) {
     // Resolved at config time; cloned here, before the fork: the child must not allocate.
     let identity = config.identity.clone();
     // SAFETY: getpid has no preconditions.
@@ -260,9 +364,83 @@ fn spawn_program(config: &ProgramConfig) -> io::Result<i32> {
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
-    // Dropping a std Child neither waits nor kills: the reaper thread owns its exit.
-    Ok(child.id() as i32)
+}
+
+/// A running exec probe. Dropped before its exit was seen, it is killed.
+pub(crate) struct ProbeChild {
+    os: Arc<Os>,
+    pid: i32,
+    status: oneshot::Receiver<i32>,
+    exited: Option<Option<i32>>,
+    /// Its stdout and stderr; `None` after end of file.
+    output: Option<tokio::net::unix::pipe::Receiver>,
+    buf: Vec<u8>,
+}
+
+impl ProbeChild {
+    /// Its raw wait status, once reaped (`None` if the status was lost); reads its output
+    /// meanwhile, so that a talkative check never blocks on a full pipe.
+    pub(crate) async fn wait(&mut self) -> Option<i32> {
+        const KEEP: usize = 1024;
+        let mut chunk = [0u8; 512];
+        while self.exited.is_none() {
+            let output = &self.output;
+            let read = async {
+                match output {
+                    Some(out) => {
+                        out.readable().await?;
+                        out.try_read(&mut chunk)
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            let read = tokio::select! {
+                status = &mut self.status => {
+                    self.exited = Some(status.ok());
+                    continue;
+                }
+                n = read => n,
+            };
+            match read {
+                Ok(0) => self.output = None,
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    if self.buf.len() > KEEP {
+                        self.buf.drain(..self.buf.len() - KEEP);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => self.output = None,
+            }
+        }
+        // What it wrote just before exiting is in the pipe already.
+        if let Some(out) = &self.output {
+            while let Ok(n) = out.try_read(&mut chunk) {
+                if n == 0 {
+                    break;
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+        }
+        self.exited.flatten()
+    }
+
+    pub(crate) fn kill(&self) {
+        self.os.kill_probe(self.pid);
+    }
+
+    /// The end of what it wrote, on one line.
+    pub(crate) fn output_tail(&self) -> String {
+        super::probe::tail_text(&self.buf)
+    }
+}
+
+impl Drop for ProbeChild {
+    fn drop(&mut self) {
+        if self.exited.is_none() {
+            self.kill();
+        }
+    }
 }
 
 /// Sends `signal` to the process group `pgid`; false if the group is gone.

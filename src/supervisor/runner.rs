@@ -12,8 +12,9 @@ use tracing::{info, warn};
 use super::backoff::Backoff;
 use super::control::{Reply, Request};
 use super::os::{self, Entry, Os, OsEvent};
+use super::probe::{ProbeEvent, RunProbes};
 use super::{Action, ControlError, Exit, ExitReason, Origin, Outcome, Program, ProgramState, ProgramStatus};
-use crate::config::{ProgramConfig, RestartPolicy};
+use crate::config::{DependCondition, ProgramConfig, RestartPolicy};
 use crate::procfs;
 
 /// How often a stop re-checks its process group besides on every reap: catches processes that
@@ -22,15 +23,30 @@ const GROUP_RECHECK: Duration = Duration::from_millis(50);
 /// How long to wait for a group to vanish after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// Publishes the status a new runner starts from: the new config, not started, not ready;
+/// the counters go on. Done for every new runner of an apply before any of them starts, so
+/// that no dependent sees the state of a dependency's previous run.
+pub(super) fn reset(program: &Program, config: Arc<ProgramConfig>) {
+    let status = ProgramStatus::clone(&program.status());
+    program.store(ProgramStatus {
+        config,
+        state: ProgramState::Starting,
+        ready: false,
+        started: false,
+        ..status
+    });
+}
+
 pub(super) fn spawn(
     os: Arc<Os>,
     program: Arc<Program>,
-    config: Arc<ProgramConfig>,
+    deps: Vec<(Arc<Program>, DependCondition)>,
     stop: CancellationToken,
     commands: mpsc::Receiver<Request>,
 ) -> JoinHandle<()> {
     let (events_tx, events) = mpsc::unbounded_channel();
     let status = ProgramStatus::clone(&program.status());
+    let config = Arc::clone(&status.config);
     let runner = Runner {
         os,
         entry: Entry {
@@ -39,7 +55,8 @@ pub(super) fn spawn(
         },
         events,
         backoff: Backoff::new(config.backoff),
-        status: ProgramStatus { config, ..status },
+        status,
+        deps,
         stop,
         commands,
     };
@@ -53,6 +70,8 @@ struct Runner {
     backoff: Backoff,
     /// The runner's own copy; published after every change.
     status: ProgramStatus,
+    /// What must hold before the first start, by `depends_on`.
+    deps: Vec<(Arc<Program>, DependCondition)>,
     stop: CancellationToken,
     /// Operator (and probe, and on_change) commands; read between the steps of the loop.
     commands: mpsc::Receiver<Request>,
@@ -60,6 +79,8 @@ struct Runner {
 
 enum RunEnd {
     Exited(Exit),
+    /// Ended by its failing liveness probe: a failed run, whatever its exit code.
+    Unhealthy(Exit),
     /// procwatch stops it (shutdown, or a reload that removes or changes it).
     Stopped,
     /// Stopped by a command: hold it down until told otherwise.
@@ -72,6 +93,17 @@ enum RunEnd {
 struct Pending {
     reply: Reply,
     before: Option<i32>,
+}
+
+/// How the wait for dependencies ended.
+enum Gate {
+    Met,
+    /// Started by hand meanwhile: start now.
+    Start(Pending),
+    /// Stopped by hand meanwhile.
+    Held,
+    /// The stop token.
+    Stop,
 }
 
 /// How a wait while down (backoff, or stopped) ended.
@@ -88,8 +120,75 @@ impl Runner {
     }
 
     fn publish(&mut self, state: ProgramState) {
+        match (&self.status.state, &state) {
+            (ProgramState::Running { .. }, ProgramState::Running { .. }) => {}
+            // Ready from the start where there is no readiness probe to say otherwise.
+            (_, ProgramState::Running { .. }) => self.status.ready = self.status.config.readiness.is_none(),
+            _ => self.status.ready = false,
+        }
         self.status.state = state;
-        self.entry.program.status.store(Arc::new(self.status.clone()));
+        self.entry.program.store(self.status.clone());
+    }
+
+    /// Waits until every dependency meets its condition at once, answering commands meanwhile
+    /// (a start by hand starts it now; a stop holds it down), so that a waiting program is
+    /// never wedged nor doubled (process-compose #530).
+    async fn wait_for_dependencies(&mut self) -> Gate {
+        // What was last said: (dependency, whether it had stopped for good).
+        let mut said: Option<(usize, bool)> = None;
+        loop {
+            // Subscribed before looking, so that a change right after the look is not missed.
+            let mut changes: Vec<_> = self.deps.iter().map(|(p, _)| p.changed.subscribe()).collect();
+            let unmet = self.deps.iter().position(|(p, c)| !p.status().meets(*c));
+            let Some(i) = unmet else {
+                if said.is_some() {
+                    info!(program = self.name(), "dependencies met; starting");
+                }
+                return Gate::Met;
+            };
+            let (dep, condition) = (Arc::clone(&self.deps[i].0), self.deps[i].1);
+            let status = dep.status();
+            let stuck = matches!(status.state, ProgramState::Stopped | ProgramState::StoppedByHand) && status.started;
+            if said.is_none_or(|(j, _)| j != i) {
+                info!(
+                    program = self.name(),
+                    dependency = %dep.name,
+                    condition = condition.as_str(),
+                    dependency_state = status.state.label(),
+                    "waiting for dependency"
+                );
+                let dependency = dep.name.clone();
+                self.publish(ProgramState::Waiting { dependency });
+            }
+            if stuck && said != Some((i, true)) {
+                warn!(
+                    program = self.name(),
+                    dependency = %dep.name,
+                    condition = condition.as_str(),
+                    "the dependency has stopped and will not start again by itself; waiting until it is started"
+                );
+            }
+            said = Some((i, stuck));
+            let req = tokio::select! {
+                _ = changes[i].changed() => continue,
+                _ = self.stop.cancelled() => return Gate::Stop,
+                Some(req) = self.commands.recv() => req,
+            };
+            match req.action {
+                Action::Start | Action::Restart => match self.start_by(req) {
+                    Wake::Start(Some(p)) => return Gate::Start(p),
+                    _ => unreachable!("start_by always starts with a reply"),
+                },
+                Action::Stop => {
+                    self.took(req.action, req.origin);
+                    let _ = req.reply.send(Ok(Outcome::default()));
+                    return Gate::Held;
+                }
+                Action::Signal(_) => {
+                    let _ = req.reply.send(Err(ControlError::NotRunning(self.name().to_owned())));
+                }
+            }
+        }
     }
 
     fn record_exit(&mut self, exit: Exit) {
@@ -112,6 +211,22 @@ impl Runner {
 
     async fn run(mut self) {
         let mut pending = None;
+        // Dependencies gate the start of this config, not restarts by policy: a dependent that
+        // crashes while its dependency restarts is restarted by its own backoff, never held.
+        if !self.deps.is_empty() {
+            match self.wait_for_dependencies().await {
+                Gate::Met => {}
+                Gate::Start(p) => pending = Some(p),
+                Gate::Held => match self.held(ProgramState::StoppedByHand).await {
+                    Wake::Start(p) => pending = p,
+                    Wake::Stop => return,
+                },
+                Gate::Stop => {
+                    self.publish(ProgramState::Stopped);
+                    return;
+                }
+            }
+        }
         loop {
             self.publish(ProgramState::Starting);
             let started = Instant::now();
@@ -128,11 +243,13 @@ impl Runner {
                     }
                     Wake::Stop => return,
                 },
-                RunEnd::Exited(exit) => exit,
+                RunEnd::Exited(exit) => (exit, false),
+                RunEnd::Unhealthy(exit) => (exit, true),
             };
+            let (exit, unhealthy) = exit;
             let restart = match self.status.config.restart {
                 RestartPolicy::Always => true,
-                RestartPolicy::OnFailure => exit.reason != ExitReason::Success,
+                RestartPolicy::OnFailure => unhealthy || exit.reason != ExitReason::Success,
                 RestartPolicy::Never => false,
             };
             if !restart {
@@ -260,6 +377,7 @@ impl Runner {
         };
         let since = SystemTime::now();
         info!(program = self.name(), pid, "started");
+        self.status.started = true;
         self.publish(ProgramState::Running { pid, since });
         if let Some(p) = pending {
             let _ = p.reply.send(Ok(Outcome {
@@ -268,14 +386,32 @@ impl Runner {
             }));
         }
 
+        // Probes end with the run (dropped on every way out below): none fires while the
+        // program stops or backs off.
+        let mut probes = RunProbes::start(&self.os, &self.entry.program, &config);
         loop {
             let req = tokio::select! {
-                exit = wait_main(&mut self.events) => return self.exited(pid, exit).await,
+                exit = wait_main(&mut self.events) => {
+                    drop(probes);
+                    return self.exited(pid, exit).await;
+                }
                 _ = self.stop.cancelled() => {
+                    drop(probes);
                     self.stop_run(pid, since).await;
                     return RunEnd::Stopped;
                 }
                 Some(req) = self.commands.recv() => req,
+                event = probes.next() => match event {
+                    ProbeEvent::Ready(ready) => {
+                        self.status.ready = ready;
+                        self.publish(ProgramState::Running { pid, since });
+                        continue;
+                    }
+                    ProbeEvent::LivenessFailed(error) => {
+                        drop(probes);
+                        return self.end_unhealthy(pid, since, &error).await;
+                    }
+                },
             };
             let running = Outcome {
                 before: Some(pid),
@@ -296,6 +432,7 @@ impl Runner {
                 }
                 Action::Stop => {
                     self.took(req.action, req.origin);
+                    drop(probes);
                     self.stop_run(pid, since).await;
                     let _ = req.reply.send(Ok(Outcome {
                         before: Some(pid),
@@ -305,6 +442,7 @@ impl Runner {
                 }
                 Action::Restart => {
                     self.took(req.action, req.origin);
+                    drop(probes);
                     self.stop_run(pid, since).await;
                     if req.origin == Origin::Policy {
                         // Through the restart policy, with backoff, counted as a restart.
@@ -346,6 +484,34 @@ impl Runner {
             "exited"
         );
         RunEnd::Exited(exit)
+    }
+
+    /// Ends a run whose liveness probe failed: stopped as by hand, then handed to the restart
+    /// policy as a failed run.
+    async fn end_unhealthy(&mut self, pid: i32, since: SystemTime, error: &str) -> RunEnd {
+        warn!(
+            program = self.name(),
+            pid,
+            %error,
+            "liveness probe failed {} times in a row; stopping the program to restart it (restart: {})",
+            self.status.config.liveness.as_ref().map_or(0, |l| l.failure_threshold),
+            self.status.config.restart
+        );
+        let ended = self.status.exits;
+        self.stop_run(pid, since).await;
+        let exit = match self.status.last_exit {
+            Some(exit) if self.status.exits != ended => exit,
+            // Not even SIGKILL ended it (logged by stop_group): count it as killed.
+            _ => {
+                let exit = Exit {
+                    reason: ExitReason::Signal,
+                    code: 128 + libc::SIGKILL,
+                };
+                self.record_exit(exit);
+                exit
+            }
+        };
+        RunEnd::Unhealthy(exit)
     }
 
     /// Stops the running main process and its group (stop signal, grace, SIGKILL).
