@@ -29,9 +29,10 @@ use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::config::ProbeRole;
 use crate::on_change::{TriggerCount, TriggerView};
 use crate::procfs::{self, SelfUsage, TreeUsage};
-use crate::supervisor::{Action, ExitReason, Program, ProgramState, ProgramStatus, Reaped, SupervisorView};
+use crate::supervisor::{Action, ExitReason, ProbeSample, Program, ProgramState, ProgramStatus, Reaped, SupervisorView};
 use crate::watch::{WatchReport, WatchView};
 
 /// The Content-Type of the text exposition format.
@@ -76,6 +77,8 @@ pub struct ProgramReport {
     pub counters: Counters,
     /// The main process's soft RLIMIT_NOFILE; `None` while down.
     pub max_fds: Option<u64>,
+    /// Liveness and readiness (in [`ProbeRole::ALL`] order), where configured; group `probes`.
+    pub probes: [Option<ProbeSample>; 2],
 }
 
 /// A program's counters beyond CPU: the live tree (whose figures include the children each
@@ -279,6 +282,11 @@ impl Collector {
             high.cpu_user = high.cpu_user.max(user);
             high.cpu_system = high.cpu_system.max(system);
             high.counters = high.counters.max(Counters::sum(&live, &reaped_usage[i]));
+            let probes = if self.groups.on(Group::Probes) {
+                ProbeRole::ALL.map(|role| program.probe(role))
+            } else {
+                [None; 2]
+            };
             reports.push(ProgramReport {
                 program: Arc::clone(program),
                 status,
@@ -287,6 +295,7 @@ impl Collector {
                 cpu_system_seconds: high.cpu_system,
                 counters: high.counters,
                 max_fds: max_fds[i],
+                probes,
             });
         }
         if reported.len() > reports.len() {
@@ -487,6 +496,7 @@ const SECTIONS: &[(Option<Group>, Section)] = &[
     (Some(Group::Faults), faults),
     (Some(Group::Ctxswitch), ctxswitch),
     (Some(Group::Memory), memory),
+    (Some(Group::Probes), probes),
     (None, watches),
     (None, config_and_build),
     (None, own_process),
@@ -513,6 +523,13 @@ fn programs(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
         Kind::Gauge,
         progs,
         |r| Some(matches!(r.status.state, ProgramState::Running { .. }).into()),
+    )?;
+    out.per_program(
+        "procwatch_process_ready",
+        "1 while the program runs and its readiness probe passes (while it runs, where it has no readiness probe).",
+        Kind::Gauge,
+        progs,
+        |r| Some(r.status.ready.into()),
     )?;
     let mut f = out.family(
         "procwatch_process_cpu_seconds_total",
@@ -697,6 +714,44 @@ fn memory(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
         &g.programs,
         |r| Some(r.usage.map_or(0, |u| u.swap_bytes).into()),
     )
+}
+
+/// Group `probes`: one series per configured probe (`probe` is `liveness` or `readiness`).
+fn probes(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    // (name, help, kind, value); `None` leaves the probe out (the last result and its duration
+    // exist only after the first check, the failure count from the start).
+    type ProbeRow = (&'static str, &'static str, Kind, fn(&ProbeSample) -> Option<Num>);
+    let rows: [ProbeRow; 3] = [
+        (
+            "procwatch_probe_success",
+            "1 if the last check of the probe passed, 0 if it failed; absent before the first check.",
+            Kind::Gauge,
+            |p| p.success.map(Num::from),
+        ),
+        (
+            "procwatch_probe_failures_total",
+            "Checks of the probe that failed (an error, a timeout, an unexpected status or exit code).",
+            Kind::Counter,
+            |p| Some(p.failures.into()),
+        ),
+        (
+            "procwatch_probe_duration_seconds",
+            "How long the last check of the probe took; absent before the first check.",
+            Kind::Gauge,
+            |p| p.success.map(|_| p.duration.as_secs_f64().into()),
+        ),
+    ];
+    for (name, help, kind, value) in rows {
+        let mut f = out.family(name, help, kind);
+        for r in &g.programs {
+            for (role, probe) in ProbeRole::ALL.iter().zip(&r.probes) {
+                if let Some(v) = probe.as_ref().and_then(value) {
+                    f.sample(&[("name", r.name()), ("probe", role.as_str())], v)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn watches(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {

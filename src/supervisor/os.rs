@@ -56,8 +56,8 @@ enum Job {
 struct ProbeRequest {
     command: Vec<String>,
     config: Arc<ProgramConfig>,
-    reply: oneshot::Sender<io::Result<ProbeChild>>,
-    os: Arc<Os>,
+    /// PID, the read end of its output, its wait status to come.
+    reply: oneshot::Sender<io::Result<(i32, io::PipeReader, oneshot::Receiver<i32>)>>,
 }
 
 struct SpawnRequest {
@@ -156,14 +156,23 @@ impl Os {
     ) -> io::Result<ProbeChild> {
         let (reply, rx) = oneshot::channel();
         self.spawn_tx
-            .send(Job::Probe(ProbeRequest {
-                command,
-                config,
-                reply,
-                os: Arc::clone(self),
-            }))
+            .send(Job::Probe(ProbeRequest { command, config, reply }))
             .map_err(|_| io::Error::other("spawner thread is gone"))?;
-        rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
+        let (pid, output, status) = rx.await.map_err(|_| io::Error::other("spawner thread is gone"))??;
+        let mut child = ProbeChild {
+            os: Arc::clone(self),
+            pid,
+            status,
+            exited: None,
+            output: None,
+            buf: Vec::new(),
+        };
+        // Registered with this runtime's reactor: done here, not on the spawner thread. If it
+        // fails, `child` is dropped, which kills the check.
+        child.output = Some(tokio::net::unix::pipe::Receiver::from_owned_fd(
+            std::os::fd::OwnedFd::from(output),
+        )?);
+        Ok(child)
     }
 
     fn spawn_probe_now(&self, req: ProbeRequest) {
@@ -187,15 +196,7 @@ impl Os {
             drop(reg);
             // The parent's copies of the write end are closed with `cmd`.
             drop(cmd);
-            let output = tokio::net::unix::pipe::Receiver::from_owned_fd(std::os::fd::OwnedFd::from(reader))?;
-            Ok(ProbeChild {
-                os: Arc::clone(&req.os),
-                pid,
-                status,
-                exited: None,
-                output: Some(output),
-                buf: Vec::new(),
-            })
+            Ok((pid, reader, status))
         })();
         let (generation, cond) = &self.spawned;
         *generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
@@ -413,14 +414,21 @@ impl ProbeChild {
                 Err(_) => self.output = None,
             }
         }
-        // What it wrote just before exiting is in the pipe already.
+        // What it wrote just before exiting is in the pipe; the writers are gone (the reaper
+        // killed the group), so end of file comes at once.
         if let Some(out) = &self.output {
-            while let Ok(n) = out.try_read(&mut chunk) {
-                if n == 0 {
-                    break;
+            let drain = async {
+                loop {
+                    out.readable().await?;
+                    match out.try_read(&mut chunk) {
+                        Ok(0) => return Ok::<_, io::Error>(()),
+                        Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(e),
+                    }
                 }
-                self.buf.extend_from_slice(&chunk[..n]);
-            }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(100), drain).await;
         }
         self.exited.flatten()
     }
