@@ -2627,4 +2627,53 @@ mod tests {
         assert_eq!((line, col, key.as_str()), (8, 7, "processes[2].depends_on.a"));
         assert_eq!(msg, "dependency cycle: a -> b -> c -> a");
     }
+
+    #[test]
+    fn a_dependency_on_a_program_with_instances_is_on_every_copy() {
+        let c = Config::parse(
+            "processes:\n  - {name: web, command: [x], instances: 2}\n  - {name: lb, command: [x], depends_on: {web: ready, web-1: started}}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let lb = c.processes.iter().find(|p| p.name == "lb").unwrap();
+        let deps: Vec<(&str, DependCondition)> = lb.depends_on.iter().map(|d| (d.name.as_str(), d.condition)).collect();
+        assert_eq!(
+            deps,
+            [
+                ("web-0", DependCondition::Ready),
+                ("web-1", DependCondition::Ready),
+                ("web-1", DependCondition::Started)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_bad_dependency_in_an_included_file_names_that_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("conf.d")).unwrap();
+        std::fs::write(
+            dir.path().join("conf.d/app.yaml"),
+            "processes:\n  - name: app\n    command: [x]\n    depends_on:\n      db: ready\n",
+        )
+        .unwrap();
+        let main = dir.path().join("procwatch.yaml");
+        std::fs::write(
+            &main,
+            "include: [conf.d/*.yaml]\nprocesses:\n  - {name: dbx, command: [x]}\n",
+        )
+        .unwrap();
+        match Config::load(&main) {
+            Err(ConfigError::Invalid {
+                file,
+                line,
+                column,
+                key,
+                ..
+            }) => {
+                assert!(file.ends_with("conf.d/app.yaml"), "{file}");
+                assert_eq!((line, column, key.as_str()), (5, 7, "processes[0].depends_on.db"));
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
 }
