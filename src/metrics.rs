@@ -32,7 +32,9 @@ use prometheus_client::registry::Registry;
 use crate::config::ProbeRole;
 use crate::on_change::{TriggerCount, TriggerView};
 use crate::procfs::{self, SelfUsage, TreeUsage};
-use crate::supervisor::{Action, ExitReason, ProbeSample, Program, ProgramState, ProgramStatus, Reaped, SupervisorView};
+use crate::supervisor::{
+    Action, ExitReason, ProbeSample, Program, ProgramState, ProgramStatus, Reaped, SupervisorView,
+};
 use crate::watch::{WatchReport, WatchView};
 
 /// The Content-Type of the text exposition format.
