@@ -96,7 +96,7 @@ fn rules_rule_tests_and_scrape_configs_pass_promtool() {
             .args(["check", "rules", "alerts.yml"])
             .current_dir(&dir),
     );
-    assert!(out.contains("SUCCESS: 8 rules found"), "{out}");
+    assert!(out.contains("SUCCESS: 10 rules found"), "{out}");
     run_ok(
         Command::new(&promtool)
             .args(["test", "rules", "alerts_test.yml"])
