@@ -76,7 +76,7 @@ impl ProgramInfo {
         ProgramInfo {
             name: r.program.name.clone(),
             state: state.label().to_owned(),
-            ready: matches!(state, ProgramState::Running { .. }),
+            ready: r.status.ready,
             pid: state.run().map(|(pid, _)| pid),
             started_at: state.run().map(|(_, since)| unix(since)),
             uptime_seconds: r.uptime(now).as_secs_f64(),

@@ -216,6 +216,9 @@ fn exec_probe_failures_are_counted_and_readiness_follows() {
             )
             .is_some_and(|d| d > 0.0 && d < 1.0)
     );
+    // `ctl status` and the API say the same.
+    let api = |pw: &Procwatch| util::http(&pw.addr, "GET", "/api/v1/programs/worker", "").unwrap().2;
+    assert!(api(&pw).contains("\"ready\":false"), "{}", api(&pw));
     // The check runs with the program's environment and working directory.
     std::fs::write(pw.path("ready-flag"), "").unwrap();
     let ready = pw.wait_scrape(T, "worker to be ready", |s| {
@@ -227,6 +230,7 @@ fn exec_probe_failures_are_counted_and_readiness_follows() {
             &[("name", "worker"), ("probe", "readiness")],
         )
         .unwrap();
+    assert!(api(&pw).contains("\"ready\":true"), "{}", api(&pw));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
         pw.scrape().get(
