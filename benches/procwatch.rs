@@ -689,7 +689,7 @@ fn control_restart(quick: bool) {
     let mut yaml = String::from("status_interval: 0\nshutdown_timeout: 60s\nprocesses:\n");
     for i in 0..N {
         yaml.push_str(&format!(
-            "  - name: p{i}\n    command: [{}, --hold, {}, p{i}]\n",
+            "  - name: p{i}\n    command: [{}, --hold, {}, p{i}]\n    backoff: {{initial: 0s, max: 0s}}\n",
             me.display(),
             stamps.display()
         ));
@@ -747,6 +747,28 @@ fn control_restart(quick: bool) {
         stop_start.push(ms(term, start));
         total.push(ms(t0, start));
     }
+    // The same restart by policy, among the same 1000: SIGUSR1 makes the program exit 1 (after
+    // stamping that instant), and on-failure restarts it at once (backoff 0s).
+    let mut policy = vec![];
+    for i in 0..rounds {
+        let k = (i * (N - 1) / (rounds - 1).max(1) + 1).min(N - 1);
+        if touched.contains(&k) {
+            continue;
+        }
+        touched.push(k);
+        let name = format!("p{k}");
+        let seen = read().len();
+        // SAFETY: plain syscall to a program of this procwatch.
+        unsafe { libc::kill(before[k], libc::SIGUSR1) };
+        let new = wait(Duration::from_secs(30), || {
+            let r = read();
+            let mine: Vec<_> = r[seen..].iter().filter(|(n, _, _)| *n == name).cloned().collect();
+            (mine.len() >= 2).then_some(mine)
+        });
+        let exit = new.iter().find(|(_, k, _)| *k == 'u').unwrap().2;
+        let start = new.iter().find(|(_, k, _)| *k == 's').unwrap().2;
+        policy.push(start.saturating_sub(exit) as f64 / 1e6);
+    }
     let after = pids(&pw);
     pw.stop();
     assert_eq!(after.len(), N);
@@ -766,7 +788,8 @@ fn control_restart(quick: bool) {
     println!(
         "ctl restart, 1 of {N} programs, {rounds} times (API on the control socket): request -> old run gets SIGTERM median {:.2} ms, p99 {:.2} ms; \
          SIGTERM -> new run's first instruction median {:.2} ms, p99 {:.2} ms; request -> new run median {:.2} ms, p99 {:.2} ms; \
-         answer (new PID) median {:.2} ms; the other {kept} programs kept their PIDs",
+         answer (new PID) median {:.2} ms; the other {kept} programs kept their PIDs. \
+         A policy restart among the same {N} (exit -> new run's first instruction): median {:.2} ms, p99 {:.2} ms",
         pct(&mut to_signal, 50),
         pct(&mut to_signal, 99),
         pct(&mut stop_start, 50),
@@ -774,6 +797,8 @@ fn control_restart(quick: bool) {
         pct(&mut total, 50),
         pct(&mut total, 99),
         pct(&mut answer, 50),
+        pct(&mut policy, 50),
+        pct(&mut policy, 99),
     );
     let t = Instant::now();
     let out = Command::new(BIN).args(["--version"]).output().unwrap();
@@ -784,7 +809,8 @@ fn control_restart(quick: bool) {
     );
 }
 
-/// Run as a program by the ctl-restart bench: stamp the start, wait for SIGTERM, stamp it, exit.
+/// Run as a program by the ctl-restart bench: stamp the start, wait for SIGTERM (stamp `t`,
+/// exit 0) or SIGUSR1 (stamp `u`, exit 1).
 fn hold(file: &str, name: &str) {
     let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     let stamp = |kind: char, t: u128| {
@@ -802,10 +828,15 @@ fn hold(file: &str, name: &str) {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         stamp('s', start);
         let mut sig = 0;
         libc::sigwait(&set, &mut sig);
+        if sig == libc::SIGUSR1 {
+            stamp('u', now());
+            std::process::exit(1);
+        }
     }
     stamp('t', now());
 }
