@@ -154,7 +154,7 @@ pub async fn run(
     log_other_signals(&shutdown)?;
     // Before anything starts: a control socket held by another procwatch is a start-up error.
     let socket = ControlSocket::bind(&options.control_socket)?;
-    let mut supervisor = Supervisor::new(options.guardian)?;
+    let mut supervisor = Supervisor::new(options.guardian, config.cgroup)?;
     let api = Api::new(supervisor.control());
     let mut watches = Watches::default();
     let reload_status = Arc::new(ReloadStatus::default());
@@ -223,11 +223,25 @@ pub async fn run(
             _ = quit.recv() => { info!("SIGQUIT: stopping"); break }
             _ = hup.recv() => {
                 info!("SIGHUP: reloading config");
-                let _ = app.reload(&mut reporter, &collector, &shutdown).await;
+                // A shutdown preempts a reload (which may be waiting out a stop_timeout):
+                // the runs it was stopping are finished by the shutdown, within its bound.
+                tokio::select! {
+                    _ = app.reload(&mut reporter, &collector, &shutdown) => {}
+                    _ = shutdown.cancelled() => break,
+                    _ = term.recv() => { info!("SIGTERM during a reload: stopping"); break }
+                    _ = int.recv() => { info!("SIGINT during a reload: stopping"); break }
+                    _ = quit.recv() => { info!("SIGQUIT during a reload: stopping"); break }
+                }
             }
             Some(reply) = reload_rx.recv() => {
                 info!("POST /-/reload: reloading config");
-                let _ = reply.send(app.reload(&mut reporter, &collector, &shutdown).await);
+                tokio::select! {
+                    r = app.reload(&mut reporter, &collector, &shutdown) => { let _ = reply.send(r); }
+                    _ = shutdown.cancelled() => break,
+                    _ = term.recv() => { info!("SIGTERM during a reload: stopping"); break }
+                    _ = int.recv() => { info!("SIGINT during a reload: stopping"); break }
+                    _ = quit.recv() => { info!("SIGQUIT during a reload: stopping"); break }
+                }
             }
         }
     }

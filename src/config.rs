@@ -184,6 +184,8 @@ pub struct Config {
     pub listen_address: Option<String>,
     pub status_interval: Duration,
     pub shutdown_timeout: Duration,
+    /// `cgroup:` auto | off | required (see cgroup.rs).
+    pub cgroup: crate::cgroup::CgroupSetting,
     pub processes: Vec<ProgramConfig>,
     pub watches: Vec<WatchConfig>,
 }
@@ -295,6 +297,7 @@ struct RawConfig {
     listen_address: Option<Spanned<String>>,
     status_interval: Option<Spanned<Scalar>>,
     shutdown_timeout: Option<Spanned<Scalar>>,
+    cgroup: Option<Spanned<String>>,
     include: Option<Vec<Spanned<String>>>,
     processes: Option<Vec<Spanned<RawProgram>>>,
     watches: Option<Vec<Spanned<RawWatch>>>,
@@ -737,6 +740,21 @@ fn validate(raw: RawConfig, src: &Source, path: Option<&Path>) -> Result<Config,
     {
         return c.err(&addr.referenced, "listen_address", message);
     }
+
+    let cgroup = match &raw.cgroup {
+        None => crate::cgroup::CgroupSetting::Auto,
+        Some(v) => match crate::cgroup::CgroupSetting::parse(&v.value) {
+            Some(s) => s,
+            None => {
+                return c.err(
+                    &v.referenced,
+                    "cgroup",
+                    format!("unknown value {:?} (expected auto, off or required)", v.value),
+                );
+            }
+        },
+    };
+
     let mut names = Names::default();
     let mut processes = Vec::new();
     let mut watches = Vec::new();
@@ -786,6 +804,7 @@ fn validate(raw: RawConfig, src: &Source, path: Option<&Path>) -> Result<Config,
         listen_address: raw.listen_address.map(|a| a.value),
         status_interval,
         shutdown_timeout,
+        cgroup,
         processes,
         watches,
     })

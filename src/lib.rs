@@ -4,6 +4,7 @@
 //! the metrics collector at scrape time -> HTTP. `app` is the only module that knows them all.
 
 pub mod app;
+pub mod cgroup;
 pub mod config;
 pub mod ctl;
 pub mod http;

@@ -186,9 +186,6 @@ fn print_plan(config: &Config) {
 }
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some(procwatch::supervisor::GUARDIAN_FLAG) {
-        return ExitCode::from(procwatch::supervisor::guardian_main());
-    }
     if std::env::args().nth(1).as_deref() == Some("ctl") {
         return ExitCode::from(procwatch::ctl::main(std::env::args_os().skip(1)));
     }
@@ -217,6 +214,13 @@ fn main() -> ExitCode {
     };
     if cli.check_config {
         print_plan(&config);
+        match procwatch::cgroup::probe(config.cgroup) {
+            Ok(line) => println!("  tracking: {line}"),
+            Err(err) => {
+                eprintln!("procwatch: {err}");
+                return ExitCode::from(1);
+            }
+        }
         if let Some(w) = &web_config {
             let w = w.current();
             println!(
@@ -237,6 +241,9 @@ fn main() -> ExitCode {
         control_socket: SocketSetting::from_flag(cli.control_socket.as_deref()),
         collectors: cli.collectors.groups(),
     };
+    // Before any thread exists: the process forks, and this one goes on as the supervisor
+    // under a guardian that keeps the original PID (see supervisor/guardian.rs).
+    procwatch::supervisor::split_guardian();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -29,6 +29,7 @@ use prometheus_client::encoding::{prometheus_text, text as openmetrics_text};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
+use crate::cgroup;
 use crate::config::ProbeRole;
 use crate::on_change::{TriggerCount, TriggerView};
 use crate::procfs::{self, SelfUsage, TreeUsage};
@@ -81,6 +82,10 @@ pub struct ProgramReport {
     pub max_fds: Option<u64>,
     /// Liveness and readiness (in [`ProbeRole::ALL`] order), where configured; group `probes`.
     pub probes: [Option<ProbeSample>; 2],
+    /// Group `cgroup`: the memory controller's figures (cgroup mode with the controller).
+    pub memory: Option<cgroup::Memory>,
+    /// Group `pressure`: PSI of the program's cgroup, per [`PRESSURE_RESOURCES`].
+    pub pressure: [Option<cgroup::Pressure>; 3],
 }
 
 /// A program's counters beyond CPU: the live tree (whose figures include the children each
@@ -128,6 +133,9 @@ struct HighWater {
     counters: Counters,
 }
 
+/// The resources PSI is read for, in the order of [`ProgramReport::pressure`].
+pub const PRESSURE_RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
+
 impl ProgramReport {
     /// The program's name: the `name` label.
     pub fn name(&self) -> &str {
@@ -152,6 +160,8 @@ pub struct Gathered {
     pub own: Option<SelfUsage>,
     pub reload: (bool, f64),
     pub at: SystemTime,
+    /// `cgroup` or `proc`: `procwatch_tracking_info`.
+    pub tracking: &'static str,
 }
 
 pub struct Collector {
@@ -238,8 +248,29 @@ impl Collector {
             .collect();
         let mut usages: Vec<Option<TreeUsage>> = vec![None; programs.len()];
         let mut max_fds: Vec<Option<u64>> = vec![None; programs.len()];
+        // cgroup mode: a program's processes are exactly its cgroup's members, and its CPU is
+        // the cgroup's cpu.stat (dead and orphaned processes included).
+        let mut cgroup_cpu: Vec<Option<(f64, f64)>> = vec![None; programs.len()];
+        let mut members = Vec::new();
+        for (i, program) in programs.iter().enumerate() {
+            let Some(cg) = program.cgroup() else { continue };
+            if let Some((pid, _)) = statuses[i].state.run() {
+                max_fds[i] = reader.max_fds(pid);
+            }
+            cgroup_cpu[i] = cg.cpu().map(|c| (c.user_usec as f64 / 1e6, c.system_usec as f64 / 1e6));
+            cg.procs(&mut members);
+            if !members.is_empty() {
+                let usage = usages[i].get_or_insert_default();
+                for &pid in &members {
+                    reader.add_process(pid, usage);
+                }
+            }
+        }
         let mut walk = procfs::TreeWalk::default();
         for (i, status) in statuses.iter().enumerate() {
+            if programs[i].cgroup().is_some() {
+                continue;
+            }
             let Some((pid, _)) = status.state.run() else { continue };
             // The main process is procwatch's child until reaped; anything else is a reused PID.
             match reader.stat(pid) {
@@ -260,7 +291,9 @@ impl Collector {
             }
             let Some(st) = reader.stat(pid) else { continue };
             let owner = run_index.get(&st.pgrp).or_else(|| run_index.get(&st.session));
-            if let Some(&i) = owner {
+            if let Some(&i) = owner
+                && programs[i].cgroup().is_none()
+            {
                 let usage = usages[i].get_or_insert_default();
                 reader.tree_from(st, usage, &mut walk);
             }
@@ -275,8 +308,12 @@ impl Collector {
             let usage = usages[i];
             let (ru, rs) = reaped[i];
             let live = usage.unwrap_or_default();
-            let user = ru.as_secs_f64() + live.user_ticks as f64 / clk;
-            let system = rs.as_secs_f64() + live.system_ticks as f64 / clk;
+            let (user, system) = cgroup_cpu[i].unwrap_or_else(|| {
+                (
+                    ru.as_secs_f64() + live.user_ticks as f64 / clk,
+                    rs.as_secs_f64() + live.system_ticks as f64 / clk,
+                )
+            });
             if !reported.contains_key(&program.name) {
                 reported.insert(program.name.clone(), HighWater::default());
             }
@@ -289,6 +326,14 @@ impl Collector {
             } else {
                 [None; 2]
             };
+            let cg = program.cgroup();
+            let memory = cg.filter(|_| self.groups.on(Group::Cgroup)).and_then(|c| c.memory());
+            let mut pressure = [None; 3];
+            if let Some(c) = cg.filter(|_| self.groups.on(Group::Pressure)) {
+                for (p, resource) in pressure.iter_mut().zip(PRESSURE_RESOURCES) {
+                    *p = c.pressure(resource);
+                }
+            }
             reports.push(ProgramReport {
                 program: Arc::clone(program),
                 status,
@@ -298,6 +343,8 @@ impl Collector {
                 counters: high.counters,
                 max_fds: max_fds[i],
                 probes,
+                memory,
+                pressure,
             });
         }
         if reported.len() > reports.len() {
@@ -312,6 +359,7 @@ impl Collector {
             own,
             reload: self.reload.last(),
             at: SystemTime::now(),
+            tracking: self.supervisor.tracking_mode(),
         }
     }
 
@@ -500,6 +548,8 @@ const SECTIONS: &[(Option<Group>, Section)] = &[
     (Some(Group::Memory), memory),
     (Some(Group::Probes), probes),
     (None, watches),
+    (Some(Group::Cgroup), cgroup_families),
+    (Some(Group::Pressure), pressure),
     (None, config_and_build),
     (None, own_process),
 ];
@@ -805,6 +855,72 @@ fn watches(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
     Ok(())
 }
 
+/// Group `cgroup`: the memory controller's files of each program's cgroup. Absent where the
+/// controller is not enabled for procwatch's cgroups (proc mode; cgroup v1 hybrid hosts).
+fn cgroup_families(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    let progs = &g.programs;
+    let rows: [Row<cgroup::Memory>; 2] = [
+        (
+            "procwatch_process_memory_bytes",
+            "Memory charged to the program's cgroup (memory.current): page cache and kernel memory included.",
+            Kind::Gauge,
+            |m| m.current_bytes.into(),
+        ),
+        (
+            "procwatch_process_oom_kills_total",
+            "Processes of the program killed by the OOM killer (oom_kill of memory.events).",
+            Kind::Counter,
+            |m| m.oom_kills.into(),
+        ),
+    ];
+    for (name, help, kind, field) in rows {
+        out.per_program(name, help, kind, progs, |r| r.memory.as_ref().map(field))?;
+    }
+    out.per_program(
+        "procwatch_process_memory_peak_bytes",
+        "Highest memory.current of the program's cgroup (memory.peak).",
+        Kind::Gauge,
+        progs,
+        |r| r.memory.and_then(|m| m.peak_bytes).map(Num::from),
+    )?;
+    out.per_program(
+        "procwatch_process_memory_max_bytes",
+        "The program's memory limit (memory.max); absent without a limit.",
+        Kind::Gauge,
+        progs,
+        |r| r.memory.and_then(|m| m.max_bytes).map(Num::from),
+    )
+}
+
+/// Group `pressure`: PSI `some` and `full` totals of each program's cgroup.
+fn pressure(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    let mut f = out.family(
+        "procwatch_process_pressure_waiting_seconds_total",
+        "Time some of the program's processes were stalled waiting for the resource (PSI some).",
+        Kind::Counter,
+    );
+    for r in &g.programs {
+        for (p, resource) in r.pressure.iter().zip(PRESSURE_RESOURCES) {
+            if let Some(p) = p {
+                f.sample(&[("name", r.name()), ("resource", resource)], p.some_usec as f64 / 1e6)?;
+            }
+        }
+    }
+    let mut f = out.family(
+        "procwatch_process_pressure_stalled_seconds_total",
+        "Time all of the program's non-idle processes were stalled on the resource at once (PSI full).",
+        Kind::Counter,
+    );
+    for r in &g.programs {
+        for (p, resource) in r.pressure.iter().zip(PRESSURE_RESOURCES) {
+            if let Some(full) = p.and_then(|p| p.full_usec) {
+                f.sample(&[("name", r.name()), ("resource", resource)], full as f64 / 1e6)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 fn config_and_build(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
     let (ok, at) = g.reload;
     out.family(
@@ -830,7 +946,13 @@ fn config_and_build(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
             ("revision", env!("PROCWATCH_REVISION")),
         ],
         1u64,
+    )?;
+    out.family(
+        "procwatch_tracking_info",
+        "How programs' processes are tracked: cgroup (one cgroup v2 per program) or proc (the /proc tree walk); always 1.",
+        Kind::Gauge,
     )
+    .sample(&[("mode", g.tracking)], 1u64)
 }
 
 /// procwatch's own `process_*` families, as every Prometheus client library exports them.
@@ -1051,6 +1173,7 @@ mod tests {
             own: None,
             reload: (true, 1.5),
             at: SystemTime::now(),
+            tracking: "proc",
         };
         let mut out = String::from("old page");
         encode_page(g, groups, format, &mut out);

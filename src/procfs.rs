@@ -611,6 +611,15 @@ impl Reader {
         });
     }
 
+    /// Adds one process (a member of a program's cgroup) to `usage`; a vanished PID adds
+    /// nothing. Its CPU is counted too, though cgroup mode reads CPU from `cpu.stat`.
+    pub fn add_process(&mut self, pid: i32, usage: &mut TreeUsage) {
+        if let Some(st) = self.stat(pid) {
+            let fds = self.open_fds(pid).unwrap_or(0);
+            usage.add(&st, fds, sys().page_size);
+        }
+    }
+
     /// The processes in the tree under `root` whose session is not `session`: descendants that
     /// left the program's session (setsid) while their parent is still in its tree, and so are
     /// out of reach of a signal to the program's process group.

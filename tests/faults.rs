@@ -38,11 +38,11 @@ fn a_program_flooding_its_stdout_does_not_grow_procwatch() {
         cmd.stdout(Stdio::null());
     });
     pw.wait_scrape(T, "flood up", |s| s.prog("procwatch_process_up", "flood") == Some(1.0));
-    let before = rss_kib(pw.pid());
+    let before = rss_kib(pw.supervisor_pid());
     // Let it write for a while: gigabytes at `yes` speed.
     let s = pw.wait_scrape(T, "two CPU-seconds of flooding", |s| s.cpu("flood") >= 2.0);
     assert_eq!(s.prog("procwatch_process_up", "flood"), Some(1.0));
-    let after = rss_kib(pw.pid());
+    let after = rss_kib(pw.supervisor_pid());
     assert!(after < before + 4096, "RSS went from {before} kB to {after} kB");
 }
 

@@ -26,6 +26,12 @@ fn child_states(pid: i32) -> Vec<char> {
         .collect()
 }
 
+fn first_child(pid: i32) -> Option<i32> {
+    let mut children = Vec::new();
+    procwatch::procfs::Reader::default().children(pid, 1, &mut children);
+    children.first().copied()
+}
+
 #[test]
 fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     let probe = Command::new("unshare")
@@ -51,11 +57,7 @@ fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
     let addr = wait_for(T, "the address", || logged_addr(&std::fs::read_to_string(&log).ok()?));
     // procwatch is unshare's only child, and PID 1 inside.
     let outer = unshare.id() as i32;
-    let pw: i32 = wait_for(T, "procwatch's outer PID", || {
-        let mut children = Vec::new();
-        procwatch::procfs::Reader::default().children(outer, 1, &mut children);
-        children.first().copied()
-    });
+    let pw: i32 = wait_for(T, "procwatch's outer PID", || first_child(outer));
     let status = procfs_core::FromRead::from_file(format!("/proc/{pw}/status"));
     let status: procfs_core::process::Status = status.unwrap();
     let nspid = status.nspid.unwrap();
@@ -68,11 +70,13 @@ fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
             .filter(|s| s.prog("procwatch_process_up", "parent") == Some(1.0))
     });
     assert!(s.prog("procwatch_process_pid", "parent").is_some());
-    // The five orphaned sleeps end within 0.1 s; none may stay a zombie. What is left is the
-    // program's shell and procwatch's guardian.
+    // PID 1 is procwatch's guardian; the supervisor is its only child, and the child
+    // subreaper nearest to the programs. The five orphaned sleeps end within 0.1 s; none may
+    // stay a zombie. What is left is the program's shell.
+    let supervisor: i32 = wait_for(T, "the supervisor", || first_child(pw));
     wait_for(T, "the orphans to be reaped", || {
-        let states = child_states(pw);
-        (states.len() == 2 && !states.contains(&'Z')).then_some(())
+        let states = child_states(supervisor);
+        (states.len() == 1 && !states.contains(&'Z') && child_states(pw).len() == 1).then_some(())
     });
 
     // SAFETY: plain syscall to procwatch, from outside its namespace.

@@ -297,7 +297,7 @@ fn a_bad_web_config_is_a_start_up_error() {
 #[test]
 fn idle_connections_and_huge_headers_neither_starve_a_scrape_nor_grow_memory() {
     let pw = Procwatch::start("processes:\n  - name: a\n    command: [sleep, '600']\n", &[]);
-    let rss = || util::rss_kib(pw.pid());
+    let rss = || util::rss_kib(pw.supervisor_pid());
     pw.scrape();
     let before = rss();
     // 300 connections that never send a byte, and 50 that send half a header.
@@ -373,18 +373,18 @@ fn concurrent_requests_share_the_proc_work(path: &str) {
         let (status, _, _) = http(addr, "GET", path, "").unwrap();
         assert_eq!(status, 200);
     };
-    let c0 = cpu_ticks(pw.pid());
+    let c0 = cpu_ticks(pw.supervisor_pid());
     for _ in 0..N {
         get(&pw.addr);
     }
-    let one_by_one = cpu_ticks(pw.pid()) - c0;
-    let c1 = cpu_ticks(pw.pid());
+    let one_by_one = cpu_ticks(pw.supervisor_pid()) - c0;
+    let c1 = cpu_ticks(pw.supervisor_pid());
     std::thread::scope(|scope| {
         for _ in 0..N {
             scope.spawn(|| get(&pw.addr));
         }
     });
-    let together = cpu_ticks(pw.pid()) - c1;
+    let together = cpu_ticks(pw.supervisor_pid()) - c1;
     eprintln!("{N} requests for {path}: {one_by_one} ticks one by one, {together} ticks all at once");
     assert!(one_by_one >= 10, "the baseline is measurable: {one_by_one} ticks");
     assert!(

@@ -192,18 +192,21 @@ impl Identity {
             }
         }
         if let Some(gid) = self.gid() {
+            // Raw system calls, not glibc's wrappers: those make every thread of the process
+            // change credentials (signalling them), and a CLONE_VM child (see spawn.rs) shares
+            // procwatch's memory and thread list. The child is single-threaded: one call is all.
             // SAFETY: the pointer and length describe `self.groups`, which outlives the call.
-            if unsafe { libc::setgroups(self.groups.len(), self.groups.as_ptr()) } != 0 {
+            if unsafe { libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) } != 0 {
                 return Err(errno());
             }
             // SAFETY: plain syscall.
-            if unsafe { libc::setgid(gid) } != 0 {
+            if unsafe { libc::syscall(libc::SYS_setgid, gid) } != 0 {
                 return Err(errno());
             }
         }
         if let Some(u) = &self.user {
             // SAFETY: plain syscall.
-            if unsafe { libc::setuid(u.uid) } != 0 {
+            if unsafe { libc::syscall(libc::SYS_setuid, u.uid) } != 0 {
                 return Err(errno());
             }
         }

@@ -11,10 +11,11 @@ pub mod identity;
 mod os;
 mod probe;
 mod runner;
+mod spawn;
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
@@ -22,17 +23,20 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::cgroup::{self, CgroupSetting, ProgramCgroup};
 use crate::config::{ApplyReport, DependCondition, ProbeRole, ProgramConfig};
 use crate::procfs;
 
 pub use control::{Action, Control, ControlError, Origin, Outcome};
-pub use guardian::{GUARDIAN_FLAG, guardian_main};
+pub use guardian::{guardian_up, split as split_guardian};
 pub use probe::ProbeSample;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SupervisorError {
     #[error("cannot become a child subreaper or start the supervisor threads: {0}")]
     Start(#[source] std::io::Error),
+    #[error(transparent)]
+    Cgroup(#[from] cgroup::CgroupError),
 }
 
 /// Why a run ended.
@@ -167,6 +171,8 @@ pub struct Program {
     changed: tokio::sync::watch::Sender<()>,
     /// Liveness, readiness: indexed like [`ProbeRole::ALL`].
     probe_stats: [probe::ProbeStats; 2],
+    /// Its cgroup in cgroup mode, made at its first start and kept across runs and reloads.
+    cgroup: OnceLock<Arc<ProgramCgroup>>,
 }
 
 /// Totals of wait4 rusage over the processes of a program that procwatch reaped.
@@ -211,6 +217,7 @@ impl Program {
             reaped: ReapedRusage::default(),
             changed: tokio::sync::watch::Sender::new(()),
             probe_stats: Default::default(),
+            cgroup: OnceLock::new(),
         }
     }
 
@@ -228,6 +235,11 @@ impl Program {
     pub fn probe(&self, role: ProbeRole) -> Option<ProbeSample> {
         self.status().config.probe(role)?;
         Some(self.probe_stats(role).sample())
+    }
+
+    /// Its cgroup (cgroup mode, once started): membership, CPU, memory, pressure.
+    pub fn cgroup(&self) -> Option<&ProgramCgroup> {
+        self.cgroup.get().map(|c| &**c)
     }
 
     pub fn status(&self) -> Arc<ProgramStatus> {
@@ -274,11 +286,25 @@ pub type Programs = Arc<Vec<Arc<Program>>>;
 
 /// A cheap, clonable read-only view for collectors.
 #[derive(Clone)]
-pub struct SupervisorView(Arc<ArcSwap<Vec<Arc<Program>>>>);
+pub struct SupervisorView {
+    programs: Arc<ArcSwap<Vec<Arc<Program>>>>,
+    mode: &'static str,
+    describe: Arc<str>,
+}
 
 impl SupervisorView {
     pub fn programs(&self) -> Programs {
-        self.0.load_full()
+        self.programs.load_full()
+    }
+
+    /// How programs are tracked: `cgroup` or `proc` (`procwatch_tracking_info`).
+    pub fn tracking_mode(&self) -> &'static str {
+        self.mode
+    }
+
+    /// The mode and why, in one line (the landing page shows it).
+    pub fn tracking(&self) -> &str {
+        &self.describe
     }
 }
 
@@ -338,9 +364,19 @@ impl Supervisor {
     /// `guardian`: also start the guardian process (procwatch's own binary with
     /// `--guardian`), so that programs' descendants die even if procwatch is SIGKILLed. Only
     /// the procwatch binary can be its own guardian; a test harness running `app::run` cannot.
-    pub fn new(guardian: bool) -> Result<Supervisor, SupervisorError> {
+    ///
+    /// `cgroup`: the config's `cgroup:` key; the mode chosen and why is logged once.
+    pub fn new(guardian: bool, cgroup: CgroupSetting) -> Result<Supervisor, SupervisorError> {
+        let guardian_pid = guardian.then(guardian::link).flatten().map(|l| l.pid);
+        let tracking = cgroup::detect(cgroup, guardian_pid)?;
+        tracing::info!(
+            mode = tracking.mode(),
+            setting = cgroup.as_str(),
+            "tracking: {}",
+            tracking.describe()
+        );
         Ok(Supervisor {
-            os: os::Os::start(guardian).map_err(SupervisorError::Start)?,
+            os: os::Os::start(guardian, tracking).map_err(SupervisorError::Start)?,
             published: Arc::new(ArcSwap::from_pointee(Vec::new())),
             runners: HashMap::new(),
             commands: Arc::default(),
@@ -348,7 +384,16 @@ impl Supervisor {
     }
 
     pub fn view(&self) -> SupervisorView {
-        SupervisorView(Arc::clone(&self.published))
+        SupervisorView {
+            programs: Arc::clone(&self.published),
+            mode: self.os.tracking().mode(),
+            describe: self.os.tracking().describe().into(),
+        }
+    }
+
+    /// The cgroup controllers `resources:` can use here (none in proc mode).
+    pub fn controllers(&self) -> std::collections::BTreeSet<String> {
+        self.os.tracking().controllers()
     }
 
     /// The handle that sends commands (start, stop, restart, signal) to programs by name.
@@ -372,6 +417,19 @@ impl Supervisor {
             .iter()
             .map(|p| (p.name.clone(), Arc::clone(p)))
             .collect();
+        // A removed program's cgroup goes with it (a changed one keeps its cgroup, and so
+        // its CPU counter, across the restart).
+        let removed: Vec<Arc<Program>> = report.stopped.iter().filter_map(|n| old.get(n).cloned()).collect();
+        if removed.iter().any(|p| p.cgroup().is_some()) {
+            let _ = tokio::task::spawn_blocking(move || {
+                for p in removed {
+                    if let Some(cg) = p.cgroup() {
+                        cg.remove();
+                    }
+                }
+            })
+            .await;
+        }
         let mut list = Vec::with_capacity(configs.len());
         let mut new = Vec::new();
         for config in configs {
@@ -419,7 +477,8 @@ impl Supervisor {
     }
 
     /// Stops every program gracefully, then any stray child; returns when all have stopped or
-    /// `timeout` passed, in which case everything still alive is killed.
+    /// `timeout` passed, in which case everything still alive is killed. In cgroup mode, then
+    /// removes the cgroups procwatch made.
     pub async fn shutdown(&mut self, timeout: Duration) {
         self.commands.store(Arc::default());
         let stops: Vec<CancellationToken> = self.runners.values().map(|r| r.stop.clone()).collect();
@@ -435,26 +494,48 @@ impl Supervisor {
             for stop in &stops {
                 stop.cancel();
             }
-            for pgid in self.os.groups() {
-                os::signal_group(pgid, libc::SIGKILL);
+            self.kill_everything().await;
+        }
+        if let Some(tree) = self.os.tracking().tree() {
+            let tree = Arc::clone(tree);
+            let _ = tokio::task::spawn_blocking(move || tree.remove()).await;
+        }
+    }
+
+    /// SIGKILL to every program's cgroup or process group and to every stray, until nothing
+    /// is left (bounded: SIGKILL is not instant, but cannot be ignored).
+    async fn kill_everything(&self) {
+        let programs = self.published.load_full();
+        for p in programs.iter() {
+            if let Some(cg) = p.cgroup() {
+                cg.kill();
             }
-            for pid in self.strays() {
+        }
+        for pgid in self.os.groups() {
+            os::signal_group(pgid, libc::SIGKILL);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        loop {
+            let strays = self.strays();
+            for &pid in &strays {
                 // SAFETY: plain syscall.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
-            // SIGKILL is not instant: give the kernel a moment, so that nothing is still
-            // running when procwatch exits.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-            while self.os.groups().into_iter().any(os::group_alive) && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+            let left = !strays.is_empty()
+                || self.os.groups().into_iter().any(os::group_alive)
+                || programs
+                    .iter()
+                    .any(|p| p.cgroup().is_some_and(ProgramCgroup::populated));
+            if !left || tokio::time::Instant::now() >= deadline {
+                return;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        self.os.release_guardian().await;
     }
 
-    /// Children of procwatch that are no program's main process nor the guardian.
+    /// Children of procwatch that are no program's main process: descendants that left their
+    /// program and were re-parented to procwatch (its child subreaper).
     fn strays(&self) -> Vec<i32> {
-        let guardian = self.os.guardian_pid();
         let mains: Vec<i32> = self
             .published
             .load()
@@ -463,13 +544,13 @@ impl Supervisor {
             .collect();
         let mut pids = Vec::new();
         procfs::own_children(&mut procfs::Reader::default(), &mut pids);
-        pids.retain(|&p| Some(p) != guardian && !mains.contains(&p));
+        pids.retain(|p| !mains.contains(p));
         pids
     }
 
-    /// Last safety net: anything still re-parented to procwatch (a descendant that left its
-    /// program's session) gets SIGTERM, then SIGKILL, so that nothing procwatch started
-    /// outlives it.
+    /// Last safety net: anything still re-parented to procwatch gets SIGTERM, then SIGKILL
+    /// after a grace, so that nothing procwatch started outlives it. Repeated until none is
+    /// left: killing a stray re-parents its children to procwatch, to be found next round.
     async fn stop_strays(&self) {
         let mut pids = self.strays();
         if pids.is_empty() {
@@ -479,18 +560,30 @@ impl Supervisor {
             count = pids.len(),
             "stopping processes that left their program's process group"
         );
-        for &pid in &pids {
-            // SAFETY: plain syscall.
-            unsafe { libc::kill(pid, libc::SIGTERM) };
-        }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while !pids.is_empty() && tokio::time::Instant::now() < deadline {
+        let mut reader = procfs::Reader::default();
+        let mut termed: Vec<(i32, u64)> = Vec::new();
+        let kill_at = tokio::time::Instant::now() + STRAY_GRACE;
+        while !pids.is_empty() {
+            let kill = tokio::time::Instant::now() >= kill_at;
+            for &pid in &pids {
+                let Some(st) = reader.stat(pid) else { continue };
+                if kill {
+                    // SAFETY: plain syscall.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                } else if !termed.contains(&(pid, st.starttime_ticks)) {
+                    termed.push((pid, st.starttime_ticks));
+                    // SAFETY: plain syscalls; a stopped process must be continued to act.
+                    unsafe {
+                        libc::kill(pid, libc::SIGTERM);
+                        libc::kill(pid, libc::SIGCONT);
+                    }
+                }
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
             pids = self.strays();
         }
-        for &pid in &pids {
-            // SAFETY: plain syscall.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
     }
 }
+
+/// How long strays get between SIGTERM and SIGKILL.
+const STRAY_GRACE: Duration = Duration::from_secs(2);

@@ -8,8 +8,9 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
@@ -17,7 +18,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Program;
-use super::guardian::Guardian;
+use super::guardian;
+use super::spawn::{Prepared, SpawnArgs, Spawner};
+use crate::cgroup::{ProgramCgroup, Tracking};
 use crate::config::ProgramConfig;
 use crate::procfs;
 
@@ -47,12 +50,6 @@ struct Registry {
     probes: HashMap<i32, oneshot::Sender<i32>>,
 }
 
-/// What the spawner thread forks.
-enum Job {
-    Program(SpawnRequest),
-    Probe(ProbeRequest),
-}
-
 struct ProbeRequest {
     command: Vec<String>,
     config: Arc<ProgramConfig>,
@@ -60,55 +57,64 @@ struct ProbeRequest {
     reply: oneshot::Sender<io::Result<(i32, io::PipeReader, oneshot::Receiver<i32>)>>,
 }
 
-struct SpawnRequest {
-    config: Arc<ProgramConfig>,
-    entry: Entry,
-    reply: oneshot::Sender<io::Result<i32>>,
+/// The fds a run's standard output and error go to (the output module's pipe ends or
+/// files); `None` keeps procwatch's own.
+#[derive(Debug, Default)]
+pub(crate) struct Stdio {
+    pub(crate) stdout: Option<OwnedFd>,
+    pub(crate) stderr: Option<OwnedFd>,
+}
+
+enum Job {
+    Program {
+        config: Arc<ProgramConfig>,
+        entry: Entry,
+        stdio: Stdio,
+        reply: oneshot::Sender<io::Result<i32>>,
+    },
+    Probe(ProbeRequest),
 }
 
 pub(crate) struct Os {
-    /// std Mutex: held only for map updates and across one fork, never across an `.await`.
+    /// std Mutex: held only for map updates and across one clone, never across an `.await`.
     registry: Mutex<Registry>,
     spawn_tx: std::sync::mpsc::Sender<Job>,
     /// Bumped after each spawn, so that a reaper with no children knows when to look again.
     spawned: (Mutex<u64>, Condvar),
-    guardian: Option<Guardian>,
+    tracking: Tracking,
 }
 
 impl Os {
-    /// Makes procwatch a child subreaper and starts the spawner and reaper threads, and the
-    /// guardian process if asked to.
-    pub(crate) fn start(guardian: bool) -> io::Result<Arc<Os>> {
+    /// Makes procwatch a child subreaper and starts the spawner and reaper threads. With
+    /// `guardian`, watches the guardian process that `main` forked off (see guardian.rs).
+    pub(crate) fn start(guardian: bool, tracking: Tracking) -> io::Result<Arc<Os>> {
         // SAFETY: plain prctl with integer arguments.
         if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
             return Err(io::Error::last_os_error());
         }
-        let guardian = guardian
-            .then(Guardian::start)
-            .transpose()
-            .inspect_err(|err| {
-                tracing::warn!(error = %err, "cannot start the guardian; programs' descendants may outlive a killed procwatch")
-            })
-            .ok()
-            .flatten();
+        if guardian && let Some(link) = guardian::link() {
+            if let Some(tree) = tracking.tree() {
+                link.tell_cgroup(tree.cleanup_dir());
+            }
+            link.watch()?;
+        }
         let (spawn_tx, spawn_rx) = std::sync::mpsc::channel::<Job>();
         let os = Arc::new(Os {
             registry: Mutex::new(Registry::default()),
             spawn_tx,
             spawned: (Mutex::new(0), Condvar::new()),
-            guardian,
+            tracking,
         });
+        let mut spawner = Spawner::new()?;
+        let devnull = std::fs::File::open("/dev/null")?;
         // Both threads live as long as the process: PR_SET_PDEATHSIG fires when the *thread*
-        // that forked a child exits, so programs must be forked from a thread that never ends.
-        let spawner = Arc::clone(&os);
+        // that cloned a child exits, so programs must be started from a thread that never ends.
+        let me = Arc::clone(&os);
         std::thread::Builder::new()
             .name("procwatch-spawn".into())
             .spawn(move || {
                 for job in spawn_rx {
-                    match job {
-                        Job::Program(req) => spawner.spawn_now(req),
-                        Job::Probe(req) => spawner.spawn_probe_now(req),
-                    }
+                    me.run_job(&mut spawner, devnull.as_raw_fd(), job);
                 }
             })?;
         let reaper = Arc::clone(&os);
@@ -118,32 +124,92 @@ impl Os {
         Ok(os)
     }
 
-    /// Starts a program in its own session and process group; returns its PID.
-    pub(crate) async fn spawn(&self, config: Arc<ProgramConfig>, entry: Entry) -> io::Result<i32> {
+    pub(crate) fn tracking(&self) -> &Tracking {
+        &self.tracking
+    }
+
+    /// Starts a program in its own session and process group (and its cgroup, in cgroup
+    /// mode); returns its PID once it has exec'd.
+    pub(crate) async fn spawn(&self, config: Arc<ProgramConfig>, entry: Entry, stdio: Stdio) -> io::Result<i32> {
         let (reply, rx) = oneshot::channel();
         self.spawn_tx
-            .send(Job::Program(SpawnRequest { config, entry, reply }))
+            .send(Job::Program {
+                config,
+                entry,
+                stdio,
+                reply,
+            })
             .map_err(|_| io::Error::other("spawner thread is gone"))?;
         rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
     }
 
-    fn spawn_now(&self, req: SpawnRequest) {
-        // The registry lock is held across the fork so that the reaper cannot take the new
-        // PID's exit before the PID is registered (it peeks with WNOWAIT, then locks).
-        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-        let result = spawn_program(&req.config);
-        if let Ok(pid) = result {
-            reg.mains.insert(pid, req.entry.clone());
-            reg.groups.insert(pid, req.entry);
-            if let Some(g) = &self.guardian {
-                g.watch_group(pid);
+    fn run_job(&self, spawner: &mut Spawner, devnull: i32, job: Job) {
+        match job {
+            Job::Program {
+                config,
+                entry,
+                stdio,
+                reply,
+            } => {
+                let program = Arc::clone(&entry.program);
+                let cgroup = self.program_cgroup(&program);
+                let result = match &cgroup {
+                    Some(Err(e)) => Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot create the program's cgroup: {e}"),
+                    )),
+                    _ => {
+                        let cg = cgroup.as_ref().and_then(|c| c.as_ref().ok());
+                        let procs = cg.and_then(|c| c.procs_fd().ok());
+                        let args = SpawnArgs {
+                            command: &config.command,
+                            env: &config.env,
+                            cwd: config.cwd.as_deref(),
+                            stdout: stdio.stdout.as_ref().map(|f| f.as_raw_fd()),
+                            stderr: stdio.stderr.as_ref().map(|f| f.as_raw_fd()),
+                            cgroup: cg.zip(procs.as_ref()).map(|(c, p)| (c.dir_fd(), p.as_raw_fd())),
+                            stdin: devnull,
+                            identity: &config.identity,
+                        };
+                        Prepared::new(&args).and_then(|prepared| {
+                            // The registry lock is held across the clone so that the reaper
+                            // cannot take the new PID's exit before the PID is registered
+                            // (it peeks with WNOWAIT, then locks).
+                            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+                            let result = spawner.spawn(&prepared, cg.map(|c| c.dir_fd()));
+                            if let Ok(pid) = result {
+                                reg.mains.insert(pid, entry.clone());
+                                reg.groups.insert(pid, entry);
+                            }
+                            result
+                        })
+                    }
+                };
+                drop(stdio);
+                self.bump();
+                let _ = reply.send(result);
             }
+            Job::Probe(req) => self.spawn_probe_now(req),
         }
-        drop(reg);
+    }
+
+    fn bump(&self) {
         let (generation, cond) = &self.spawned;
         *generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         cond.notify_all();
-        let _ = req.reply.send(result);
+    }
+
+    /// The program's cgroup, created at its first start (in the spawner thread: mkdir in
+    /// cgroupfs is a system call the async workers must not make); `None` in proc mode.
+    fn program_cgroup<'p>(&self, program: &'p Program) -> Option<io::Result<&'p ProgramCgroup>> {
+        let tree = self.tracking.tree()?;
+        if let Some(cg) = program.cgroup.get() {
+            return Some(Ok(cg));
+        }
+        match tree.program(&program.name) {
+            Ok(cg) => Some(Ok(program.cgroup.get_or_init(|| Arc::new(cg)))),
+            Err(e) => Some(Err(e)),
+        }
     }
 
     /// Starts an exec probe's command for a program, in a session of its own, with the
@@ -184,7 +250,7 @@ impl Os {
             let mut cmd = Command::new(&req.command[0]);
             cmd.args(&req.command[1..])
                 .envs(&req.config.env)
-                .stdin(Stdio::null())
+                .stdin(std::process::Stdio::null())
                 .stdout(writer.try_clone()?)
                 .stderr(writer);
             if let Some(cwd) = &req.config.cwd {
@@ -218,21 +284,6 @@ impl Os {
         let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
         reg.groups.remove(&pgid);
         reg.mains.remove(&pgid);
-        if let Some(g) = &self.guardian {
-            g.forget_group(pgid);
-        }
-    }
-
-    /// PID of the guardian process, which is procwatch's child but no program's.
-    pub(crate) fn guardian_pid(&self) -> Option<i32> {
-        self.guardian.as_ref().map(Guardian::pid)
-    }
-
-    /// Lets the guardian go: called once every program has stopped.
-    pub(crate) async fn release_guardian(&self) {
-        if let Some(g) = &self.guardian {
-            g.close().await;
-        }
     }
 
     /// Every process group procwatch still answers for.
@@ -322,18 +373,6 @@ impl Os {
 
 fn micros(tv: libc::timeval) -> u64 {
     (tv.tv_sec.max(0) as u64) * 1_000_000 + tv.tv_usec.max(0) as u64
-}
-
-fn spawn_program(config: &ProgramConfig) -> io::Result<i32> {
-    let mut cmd = Command::new(&config.command[0]);
-    cmd.args(&config.command[1..]).envs(&config.env).stdin(Stdio::null());
-    if let Some(cwd) = &config.cwd {
-        cmd.current_dir(cwd);
-    }
-    in_own_session(&mut cmd, config);
-    let child = cmd.spawn()?;
-    // Dropping a std Child neither waits nor kills: the reaper thread owns its exit.
-    Ok(child.id() as i32)
 }
 
 /// Makes the command's process a session (and process group) leader with the program's

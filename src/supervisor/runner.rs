@@ -1,5 +1,6 @@
 //! One task per program: start it, wait for its exit, apply the restart policy with backoff,
-//! and stop its whole process group when told to (stop signal, grace, SIGKILL).
+//! and stop its whole process tree when told to (stop signal, grace, SIGKILL): in cgroup mode
+//! every member of its cgroup, in proc mode its session, its tree and what left them.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -11,14 +12,14 @@ use tracing::{info, warn};
 
 use super::backoff::Backoff;
 use super::control::{Reply, Request};
-use super::os::{self, Entry, Os, OsEvent};
+use super::os::{self, Entry, Os, OsEvent, Stdio};
 use super::probe::{ProbeEvent, RunProbes};
 use super::{Action, ControlError, Exit, ExitReason, Origin, Outcome, Program, ProgramState, ProgramStatus};
 use crate::config::{DependCondition, ProgramConfig, RestartPolicy};
 use crate::procfs;
 
-/// How often a stop re-checks its process group besides on every reap: catches processes that
-/// left the group's session and are not procwatch's to reap.
+/// How often a stop in proc mode re-checks its process group besides on every reap: catches
+/// processes that left the group's session and are not procwatch's to reap.
 const GROUP_RECHECK: Duration = Duration::from_millis(50);
 /// How long to wait for a group to vanish after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
@@ -59,6 +60,8 @@ pub(super) fn spawn(
         deps,
         stop,
         commands,
+        run_started: Instant::now(),
+        ran: Duration::ZERO,
     };
     tokio::spawn(runner.run())
 }
@@ -75,6 +78,10 @@ struct Runner {
     stop: CancellationToken,
     /// Operator (and probe, and on_change) commands; read between the steps of the loop.
     commands: mpsc::Receiver<Request>,
+    /// When the current run was started, and how long the last one lasted up to its main
+    /// process's exit (or the start of its stop): what the backoff measures.
+    run_started: Instant,
+    ran: Duration,
 }
 
 enum RunEnd {
@@ -229,7 +236,6 @@ impl Runner {
         }
         loop {
             self.publish(ProgramState::Starting);
-            let started = Instant::now();
             let exit = match self.run_once(pending.take()).await {
                 RunEnd::Stopped => break,
                 RunEnd::StartAgain(p) => {
@@ -267,7 +273,8 @@ impl Runner {
                     Wake::Stop => return,
                 }
             }
-            let delay = self.backoff.next_delay(started.elapsed());
+            // The run's length up to its main process's exit, not the stop of what it left.
+            let delay = self.backoff.next_delay(self.ran);
             if !delay.is_zero() {
                 info!(program = self.name(), code = exit.code, delay = ?delay, "restarting after backoff");
             }
@@ -346,12 +353,15 @@ impl Runner {
             return RunEnd::Stopped;
         }
         let config = Arc::clone(&self.status.config);
-        let pid = match self.os.spawn(Arc::clone(&config), self.entry.clone()).await {
+        self.run_started = Instant::now();
+        // TODO(output): the output module's pipe ends for this run go here.
+        let stdio = Stdio::default();
+        let pid = match self.os.spawn(Arc::clone(&config), self.entry.clone(), stdio).await {
             Ok(pid) => pid,
             Err(err) => {
                 // A command that cannot start is a failed run: counted, logged, retried by policy.
-                let code = match err.raw_os_error() {
-                    Some(libc::ENOENT) => 127,
+                let code = match err.kind() {
+                    std::io::ErrorKind::NotFound => 127,
                     _ => 126,
                 };
                 warn!(
@@ -372,6 +382,7 @@ impl Runner {
                     code,
                 };
                 self.record_exit(exit);
+                self.ran = self.run_started.elapsed();
                 return RunEnd::Exited(exit);
             }
         };
@@ -471,10 +482,9 @@ impl Runner {
         self.publish(ProgramState::BackingOff {
             until: SystemTime::now(),
         });
-        // A run is over when its main process ends; what it left in its group goes too.
-        if os::group_alive(pid) {
-            self.stop_group(pid, &mut None).await;
-        }
+        self.ran = self.run_started.elapsed();
+        // A run is over when its main process ends; what it left goes too.
+        self.stop_group(pid, &mut None).await;
         self.os.forget_group(pid);
         info!(
             program = self.name(),
@@ -516,6 +526,7 @@ impl Runner {
 
     /// Stops the running main process and its group (stop signal, grace, SIGKILL).
     async fn stop_run(&mut self, pid: i32, since: SystemTime) {
+        self.ran = self.run_started.elapsed();
         self.publish(ProgramState::Stopping { pid, since });
         let mut main = Some(pid);
         self.stop_group(pid, &mut main).await;
@@ -523,16 +534,18 @@ impl Runner {
         info!(program = self.name(), pid, "stopped");
     }
 
-    /// Stop signal to the group, then SIGKILL after stop_timeout; returns once the group is
-    /// empty. Records the main process's exit if it happens here (`main` is its PID until then).
+    /// Stop signal to every process of the run, then SIGKILL after stop_timeout; returns once
+    /// none is left. Records the main process's exit if it happens here (`main` is its PID
+    /// until then).
     async fn stop_group(&mut self, pgid: i32, main: &mut Option<i32>) {
-        let targets = Targets::find(pgid, main.is_some());
+        let mut targets = Targets::find(&self.entry.program, pgid, main.is_some());
+        if !targets.alive() && main.is_none() {
+            return;
+        }
         let signal = self.status.config.stop_signal;
         targets.signal(signal.0);
-        // A stopped process cannot act on the stop signal until it is continued.
-        targets.signal(libc::SIGCONT);
         let timeout = self.status.config.stop_timeout;
-        if self.wait_gone(&targets, timeout, main).await {
+        if self.wait_gone(&mut targets, timeout, main, Some(signal.0)).await {
             return;
         }
         warn!(
@@ -541,15 +554,29 @@ impl Runner {
             ?timeout,
             "still running after stop_timeout; sending SIGKILL"
         );
-        targets.signal(libc::SIGKILL);
-        if !self.wait_gone(&targets, KILL_GRACE, main).await {
+        targets.kill();
+        if !self
+            .wait_gone(&mut targets, KILL_GRACE, main, Some(libc::SIGKILL))
+            .await
+        {
             warn!(program = self.name(), pgid, "processes still running after SIGKILL");
         }
     }
 
-    async fn wait_gone(&mut self, targets: &Targets, timeout: Duration, main: &mut Option<i32>) -> bool {
+    /// Waits until no target is left and the main process's exit is recorded, or `timeout`.
+    /// Processes found later (forked meanwhile, or re-parented) get `signal` too.
+    async fn wait_gone(
+        &mut self,
+        targets: &mut Targets,
+        timeout: Duration,
+        main: &mut Option<i32>,
+        signal: Option<i32>,
+    ) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            if let Some(sig) = signal {
+                targets.refresh(sig);
+            }
             if main.is_none() && !targets.alive() {
                 return true;
             }
@@ -563,50 +590,200 @@ impl Runner {
                         self.record_exit(exit);
                     }
                 }
-                _ = tokio::time::sleep(GROUP_RECHECK) => {}
-                _ = tokio::time::sleep_until(deadline) => return main.is_none() && !targets.alive(),
+                _ = targets.changed() => {}
+                _ = tokio::time::sleep_until(deadline) => {
+                    if let Some(sig) = signal {
+                        targets.refresh(sig);
+                    }
+                    return main.is_none() && !targets.alive();
+                }
             }
         }
     }
 }
 
-/// What a stop must take down: the run's process group, and the descendants that left it
-/// (setsid) while their parent was still in the program's tree.
-struct Targets {
-    pgid: i32,
-    /// (PID, start time): a PID alone could be reused by then.
-    escaped: Vec<(i32, u64)>,
+/// What a stop must take down.
+enum Targets {
+    /// Every member of the program's cgroup; `cgroup.events` tells when it is empty.
+    Cgroup {
+        cgroup: Arc<crate::cgroup::ProgramCgroup>,
+        /// An inotify fd on `cgroup.events`; `None` if inotify failed (then: a recheck timer).
+        watch: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+        /// Members already sent the signal of the current step.
+        signalled: Vec<i32>,
+    },
+    /// The run's process group and session, and the processes that left them: found from
+    /// the main process's tree while it lives, and among procwatch's re-parented children by
+    /// the sessions and groups the run's processes were seen in.
+    Proc {
+        pgid: i32,
+        /// (PID, start time): a PID alone could be reused by then.
+        known: Vec<(i32, u64)>,
+        /// Every session and process group seen among the run's processes.
+        ids: Vec<i32>,
+        signalled: Vec<(i32, u64)>,
+    },
 }
 
 impl Targets {
     /// `main_alive`: the tree can only be walked from a main process that still runs.
-    fn find(pgid: i32, main_alive: bool) -> Targets {
-        let escaped = if main_alive {
-            procfs::Reader::default()
-                .escaped(pgid, pgid)
-                .into_iter()
-                .map(|st| (st.pid, st.starttime_ticks))
-                .collect()
-        } else {
-            Vec::new()
+    fn find(program: &Program, pgid: i32, main_alive: bool) -> Targets {
+        if let Some(cg) = program.cgroup.get() {
+            let watch = cg
+                .events_watch()
+                .and_then(|fd| {
+                    // SAFETY: an OwnedFd: valid, and owned by the AsyncFd for its whole life.
+                    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
+                        .map_err(|e| e.into_parts().1)
+                })
+                .inspect_err(|e| warn!(error = %e, "cannot watch cgroup.events; checking it on a timer"))
+                .ok();
+            return Targets::Cgroup {
+                cgroup: Arc::clone(cg),
+                watch,
+                signalled: Vec::new(),
+            };
+        }
+        let mut t = Targets::Proc {
+            pgid,
+            known: Vec::new(),
+            ids: vec![pgid],
+            signalled: Vec::new(),
         };
-        Targets { pgid, escaped }
+        if main_alive
+            && let Targets::Proc { known, .. } = &mut t
+            && let Some(st) = procfs::Reader::default().stat(pgid)
+        {
+            known.push((pgid, st.starttime_ticks));
+        }
+        t.rescan();
+        t
     }
 
-    fn signal(&self, signal: i32) {
-        os::signal_group(self.pgid, signal);
+    /// Proc mode: adds to `known` the processes of the run now alive: the trees under the
+    /// known ones and under procwatch's children that share a session or group with the run.
+    fn rescan(&mut self) {
+        let Targets::Proc { known, ids, .. } = self else { return };
         let mut reader = procfs::Reader::default();
-        for &(pid, start) in &self.escaped {
-            if reader.runs(pid, start) {
-                // SAFETY: plain syscall; the start time check makes it the same process.
-                unsafe { libc::kill(pid, signal) };
+        let mut roots: Vec<i32> = Vec::new();
+        roots.extend(known.iter().filter(|&&(p, s)| reader.runs(p, s)).map(|&(p, _)| p));
+        let mut children = Vec::new();
+        procfs::own_children(&mut reader, &mut children);
+        for pid in children {
+            if let Some(st) = reader.stat(pid)
+                && (ids.contains(&st.session) || ids.contains(&st.pgrp))
+            {
+                roots.push(pid);
+            }
+        }
+        for root in roots {
+            // Every process of the tree (no process is in session 0).
+            for st in reader.escaped(root, 0) {
+                if st.state == b'Z' {
+                    continue;
+                }
+                if !known.contains(&(st.pid, st.starttime_ticks)) {
+                    known.push((st.pid, st.starttime_ticks));
+                }
+                for id in [st.session, st.pgrp] {
+                    if !ids.contains(&id) {
+                        ids.push(id);
+                    }
+                }
+            }
+        }
+        known.retain(|&(p, s)| reader.runs(p, s));
+    }
+
+    /// Sends `signal` to every target not sent it yet (then SIGCONT: a stopped process
+    /// cannot act on it until continued).
+    fn refresh(&mut self, signal: i32) {
+        match self {
+            Targets::Cgroup { cgroup, signalled, .. } => {
+                let mut pids = Vec::new();
+                // A member may fork between the read and the kill: read again until no new
+                // member shows up (cgroup.kill, for SIGKILL, needs no such loop).
+                for _ in 0..8 {
+                    cgroup.procs(&mut pids);
+                    let new: Vec<i32> = pids.iter().copied().filter(|p| !signalled.contains(p)).collect();
+                    if new.is_empty() {
+                        break;
+                    }
+                    for pid in new {
+                        // SAFETY: plain syscalls to a member of the program's cgroup.
+                        unsafe {
+                            libc::kill(pid, signal);
+                            libc::kill(pid, libc::SIGCONT);
+                        }
+                        signalled.push(pid);
+                    }
+                }
+            }
+            Targets::Proc { .. } => {
+                self.rescan();
+                let Targets::Proc {
+                    pgid, known, signalled, ..
+                } = self
+                else {
+                    return;
+                };
+                os::signal_group(*pgid, signal);
+                os::signal_group(*pgid, libc::SIGCONT);
+                for &(pid, start) in known.iter() {
+                    if !signalled.contains(&(pid, start)) {
+                        // SAFETY: plain syscalls; `known` holds only live processes.
+                        unsafe {
+                            libc::kill(pid, signal);
+                            libc::kill(pid, libc::SIGCONT);
+                        }
+                        signalled.push((pid, start));
+                    }
+                }
+            }
+        }
+    }
+
+    fn signal(&mut self, signal: i32) {
+        self.refresh(signal);
+    }
+
+    /// SIGKILL to everything: `cgroup.kill` in cgroup mode.
+    fn kill(&mut self) {
+        match self {
+            Targets::Cgroup { cgroup, signalled, .. } => {
+                signalled.clear();
+                cgroup.kill();
+            }
+            Targets::Proc { signalled, .. } => {
+                signalled.clear();
+                self.refresh(libc::SIGKILL);
             }
         }
     }
 
     fn alive(&self) -> bool {
-        let mut reader = procfs::Reader::default();
-        os::group_alive(self.pgid) || self.escaped.iter().any(|&(pid, start)| reader.runs(pid, start))
+        match self {
+            Targets::Cgroup { cgroup, .. } => cgroup.populated(),
+            Targets::Proc { pgid, known, .. } => {
+                let mut reader = procfs::Reader::default();
+                os::group_alive(*pgid) || known.iter().any(|&(pid, start)| reader.runs(pid, start))
+            }
+        }
+    }
+
+    /// Resolves when the targets may have changed: `cgroup.events` was modified (cgroup
+    /// mode), or after a short recheck interval (proc mode; exits also arrive as reaper
+    /// events).
+    async fn changed(&mut self) {
+        match self {
+            Targets::Cgroup { watch: Some(w), .. } => {
+                if let Ok(mut guard) = w.readable().await {
+                    crate::cgroup::drain(guard.get_inner());
+                    guard.clear_ready();
+                }
+            }
+            _ => tokio::time::sleep(GROUP_RECHECK).await,
+        }
     }
 }
 

@@ -233,8 +233,24 @@ impl Procwatch {
         pw
     }
 
+    /// procwatch's PID: its guardian, which forwards signals to the supervisor (see
+    /// supervisor/guardian.rs).
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// The supervisor process (the guardian's only child): the one that serves, scrapes and
+    /// supervises, whose CPU and memory are procwatch's cost.
+    pub fn supervisor_pid(&self) -> i32 {
+        let g = self.pid();
+        wait_for(Duration::from_secs(20), "the supervisor process", || {
+            std::fs::read_to_string(format!("/proc/{g}/task/{g}/children"))
+                .ok()?
+                .split_whitespace()
+                .next()?
+                .parse()
+                .ok()
+        })
     }
 
     pub fn stderr(&self) -> String {

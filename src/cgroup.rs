@@ -1,0 +1,769 @@
+//! cgroup v2: detect, create, place, read, kill, remove. Nothing else touches cgroupfs.
+//!
+//! Each program runs in `<base>/programs/<name>/`, where `<base>` is procwatch's own cgroup
+//! (when procwatch is alone in it: delegated by systemd; procwatch then moves itself to
+//! `<own>/supervisor/`, obeying the no-internal-processes rule) or `<own>/procwatch-<pid>/`
+//! (when its own cgroup holds other processes too, such as the root of a host without systemd
+//! or a test runner's cgroup, so that instances never collide). procwatch never creates,
+//! writes or removes anything outside `<base>`, and removes `<base>` (or what it made in it)
+//! when it stops. See the kernel's Documentation/admin-guide/cgroup-v2.rst.
+//!
+//! Works on a unified hierarchy and on the cgroup2 part of a hybrid one (tracking, `cpu.stat`,
+//! `cgroup.kill`, `cgroup.events`, PSI); memory, pids and io figures and `resources:` need the
+//! controllers, which a hybrid host keeps in v1.
+
+use std::collections::BTreeSet;
+use std::ffi::CString;
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The `cgroup:` config key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CgroupSetting {
+    /// Use cgroups where they work, else proc mode (with one log line giving the reason).
+    #[default]
+    Auto,
+    /// Always proc mode.
+    Off,
+    /// cgroups or a start-up error.
+    Required,
+}
+
+impl CgroupSetting {
+    pub fn parse(text: &str) -> Option<CgroupSetting> {
+        match text {
+            "auto" => Some(CgroupSetting::Auto),
+            "off" => Some(CgroupSetting::Off),
+            "required" => Some(CgroupSetting::Required),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CgroupSetting::Auto => "auto",
+            CgroupSetting::Off => "off",
+            CgroupSetting::Required => "required",
+        }
+    }
+}
+
+/// The cgroup controllers `resources:` can use.
+pub const RESOURCE_CONTROLLERS: [&str; 3] = ["memory", "cpu", "pids"];
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("cgroup: required, but cgroup v2 cannot be used here: {0}")]
+    Required(String),
+}
+
+/// Where procwatch works in the cgroup v2 tree.
+#[derive(Debug)]
+pub struct Tree {
+    /// `<base>`: everything procwatch made is under it.
+    base: PathBuf,
+    /// Whether procwatch created `<base>` itself (and so removes it at exit).
+    own_base: bool,
+    /// `<base>/programs`.
+    programs: PathBuf,
+    /// Controllers enabled for the programs' cgroups (`cgroup.subtree_control` of programs/).
+    controllers: BTreeSet<String>,
+}
+
+/// How programs are tracked, and why.
+#[derive(Debug)]
+pub enum Tracking {
+    Cgroup(std::sync::Arc<Tree>),
+    Proc { reason: String },
+}
+
+impl Tracking {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Tracking::Cgroup(_) => "cgroup",
+            Tracking::Proc { .. } => "proc",
+        }
+    }
+
+    /// One line for the start-up log, `--check-config` and the landing page.
+    pub fn describe(&self) -> String {
+        match self {
+            Tracking::Cgroup(t) => {
+                let ctl = if t.controllers.is_empty() {
+                    "no controllers (memory, pids, io figures and resources: unavailable)".to_owned()
+                } else {
+                    format!(
+                        "controllers {}",
+                        t.controllers.iter().cloned().collect::<Vec<_>>().join(",")
+                    )
+                };
+                format!("cgroup mode: programs in {}, {ctl}", t.programs.display())
+            }
+            Tracking::Proc { reason } => format!("proc mode: {reason}"),
+        }
+    }
+
+    pub fn tree(&self) -> Option<&std::sync::Arc<Tree>> {
+        match self {
+            Tracking::Cgroup(t) => Some(t),
+            Tracking::Proc { .. } => None,
+        }
+    }
+
+    /// The controllers `resources:` may use here (none in proc mode).
+    pub fn controllers(&self) -> BTreeSet<String> {
+        self.tree().map(|t| t.controllers.clone()).unwrap_or_default()
+    }
+}
+
+/// Where cgroup2 is mounted and procwatch's own cgroup in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub mount: PathBuf,
+    /// procwatch's own cgroup, as a directory.
+    pub own: PathBuf,
+}
+
+/// Finds the cgroup2 mount (`/sys/fs/cgroup` unified, or `/sys/fs/cgroup/unified` hybrid) and
+/// this process's cgroup in it.
+pub fn locate() -> Result<Location, String> {
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    let mount = parse_mountinfo(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
+    let own = parse_own_cgroup(&cgroup).ok_or("/proc/self/cgroup has no cgroup v2 (0::) line")?;
+    Ok(Location {
+        own: mount.join(own.trim_start_matches('/')),
+        mount,
+    })
+}
+
+/// The mount point of the first cgroup2 file system in /proc/self/mountinfo (proc(5)).
+pub fn parse_mountinfo(text: &str) -> Option<PathBuf> {
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        if right.split_whitespace().next()? != "cgroup2" {
+            return None;
+        }
+        let point = left.split_whitespace().nth(4)?;
+        Some(PathBuf::from(unescape_mount(point)))
+    })
+}
+
+/// mountinfo escapes space, tab, newline and backslash as octal.
+fn unescape_mount(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 4 <= b.len()
+            && let Ok(v) = u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 4]).unwrap_or("x"), 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The path of the `0::PATH` line of /proc/PID/cgroup (cgroups(7)).
+pub fn parse_own_cgroup(text: &str) -> Option<String> {
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(|p| p.trim_end().to_owned())
+}
+
+/// Detects cgroup v2 and sets procwatch's subtree up, per `setting`. `guardian`: the PID of
+/// procwatch's guardian (its parent, which shares its cgroup), if any.
+pub fn detect(setting: CgroupSetting, guardian: Option<i32>) -> Result<Tracking, CgroupError> {
+    if setting == CgroupSetting::Off {
+        return Ok(Tracking::Proc {
+            reason: "cgroup: off in the config".to_owned(),
+        });
+    }
+    match set_up(guardian) {
+        Ok(tree) => Ok(Tracking::Cgroup(std::sync::Arc::new(tree))),
+        Err(reason) if setting == CgroupSetting::Required => Err(CgroupError::Required(reason)),
+        Err(reason) => Ok(Tracking::Proc { reason }),
+    }
+}
+
+/// What `detect` would choose, without creating anything (for `--check-config`).
+pub fn probe(setting: CgroupSetting) -> Result<String, CgroupError> {
+    if setting == CgroupSetting::Off {
+        return Ok("proc mode: cgroup: off in the config".to_owned());
+    }
+    let found = locate().and_then(|loc| {
+        let c = CString::new(loc.own.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+        // SAFETY: a valid C string.
+        if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+            return Err(writable_reason(&loc.own, &io::Error::last_os_error()));
+        }
+        let ctl: Vec<String> = read_controllers(&loc.own.join("cgroup.controllers"))
+            .into_iter()
+            .filter(|c| RESOURCE_CONTROLLERS.contains(&c.as_str()))
+            .collect();
+        Ok(format!(
+            "cgroup mode: programs under {}, controllers for resources: {}",
+            loc.own.display(),
+            if ctl.is_empty() {
+                "none".to_owned()
+            } else {
+                ctl.join(",")
+            }
+        ))
+    });
+    match found {
+        Ok(line) => Ok(line),
+        Err(reason) if setting == CgroupSetting::Required => Err(CgroupError::Required(reason)),
+        Err(reason) => Ok(format!("proc mode: {reason}")),
+    }
+}
+
+fn set_up(guardian: Option<i32>) -> Result<Tree, String> {
+    let loc = locate()?;
+    // SAFETY: getpid has no preconditions.
+    let me = unsafe { libc::getpid() };
+    let ours = |pid: i32| pid == me || Some(pid) == guardian;
+    let (base, own_base) = if loc.own.file_name().is_some_and(|n| n == "supervisor")
+        && loc.own != loc.mount
+        && loc
+            .own
+            .parent()
+            .is_some_and(|p| read_pids(&p.join("cgroup.procs")).is_ok_and(|v| v.is_empty()))
+    {
+        // systemd's DelegateSubgroup=supervisor put procwatch in a leaf of its delegated cgroup.
+        (loc.own.parent().expect("checked above").to_path_buf(), false)
+    } else {
+        let members = read_pids(&loc.own.join("cgroup.procs")).map_err(|e| format!("{}: {e}", loc.own.display()))?;
+        if loc.own != loc.mount && members.iter().all(|&p| ours(p)) {
+            (loc.own.clone(), false)
+        } else {
+            // Shared with other processes: a subtree of our own, named so that a later
+            // instance can tell whether we still live.
+            (loc.own.join(format!("procwatch-{me}")), true)
+        }
+    };
+    if own_base {
+        remove_dead_instances(&loc.own);
+        match std::fs::create_dir(&base) {
+            Ok(()) => {}
+            // Our PID was a dead instance's too: what is there is its leftover.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => kill_and_remove_children(&base),
+            Err(e) => return Err(writable_reason(&base, &e)),
+        }
+    } else {
+        // Move procwatch (and its guardian) out of the inner node into a leaf.
+        let sup = base.join("supervisor");
+        if loc.own != sup {
+            mkdir_ok(&sup).map_err(|e| writable_reason(&sup, &e))?;
+            for pid in std::iter::once(me).chain(guardian) {
+                write_file(&sup.join("cgroup.procs"), &pid.to_string()).map_err(|e| writable_reason(&sup, &e))?;
+            }
+        }
+    }
+    let programs = base.join("programs");
+    match std::fs::create_dir(&programs) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            // A procwatch that was killed in this cgroup left its programs' cgroups.
+            kill_and_remove_children(&programs);
+        }
+        Err(e) => {
+            if own_base {
+                let _ = std::fs::remove_dir(&base);
+            }
+            return Err(writable_reason(&programs, &e));
+        }
+    }
+    let controllers = enable_controllers(&base, &programs);
+    Ok(Tree {
+        base,
+        own_base,
+        programs,
+        controllers,
+    })
+}
+
+fn writable_reason(path: &Path, e: &io::Error) -> String {
+    format!(
+        "cannot write {} ({e}): run as root, or with a delegated cgroup (systemd Delegate=yes)",
+        path.display()
+    )
+}
+
+/// Turns on, for programs/, the resource controllers the base has; returns those it could.
+fn enable_controllers(base: &Path, programs: &Path) -> BTreeSet<String> {
+    let available = read_controllers(&base.join("cgroup.controllers"));
+    let mut enabled = BTreeSet::new();
+    for c in RESOURCE_CONTROLLERS {
+        if !available.contains(c) {
+            continue;
+        }
+        let line = format!("+{c}");
+        if write_file(&base.join("cgroup.subtree_control"), &line).is_ok()
+            && write_file(&programs.join("cgroup.subtree_control"), &line).is_ok()
+        {
+            enabled.insert(c.to_owned());
+        }
+    }
+    enabled
+}
+
+fn read_controllers(path: &Path) -> BTreeSet<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Removes the `procwatch-<pid>` subtrees under `own` whose procwatch no longer lives.
+fn remove_dead_instances(own: &Path) {
+    let Ok(entries) = std::fs::read_dir(own) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("procwatch-"))
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks for existence.
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            tracing::info!(cgroup = %e.path().display(), "removing the cgroups of a procwatch that no longer runs");
+            kill_and_remove(&e.path());
+        }
+    }
+}
+
+/// Kills everything under `dir` and removes `dir` and its sub-cgroups.
+pub fn kill_and_remove(dir: &Path) {
+    kill_and_remove_children(dir);
+    let _ = std::fs::remove_dir(dir);
+}
+
+/// Kills everything under `dir` and removes its sub-cgroups (not `dir` itself).
+pub fn kill_and_remove_children(dir: &Path) {
+    let _ = write_file(&dir.join("cgroup.kill"), "1");
+    // SIGKILL is not instant; the cgroups can only go once empty. Bounded: a start-up step.
+    let _ = wait_unpopulated_blocking(dir, Duration::from_secs(5));
+    remove_subtree(dir, false);
+}
+
+/// Removes the sub-cgroups of `dir`, deepest first, and `dir` itself if `me`.
+fn remove_subtree(dir: &Path, me: bool) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_subtree(&e.path(), true);
+            }
+        }
+    }
+    if me {
+        let _ = std::fs::remove_dir(dir);
+    }
+}
+
+fn mkdir_ok(path: &Path) -> io::Result<()> {
+    match std::fs::create_dir(path) {
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
+}
+
+fn write_file(path: &Path, text: &str) -> io::Result<()> {
+    let mut f = OpenOptions::new().write(true).open(path)?;
+    f.write_all(text.as_bytes())
+}
+
+fn read_pids(path: &Path) -> io::Result<Vec<i32>> {
+    let text = std::fs::read_to_string(path)?;
+    Ok(text.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+}
+
+impl Tree {
+    /// The program's cgroup, created if it does not exist yet (it is reused across runs and
+    /// reloads, so its counters go on).
+    pub fn program(&self, name: &str) -> io::Result<ProgramCgroup> {
+        let dir = self.programs.join(name);
+        mkdir_ok(&dir)?;
+        ProgramCgroup::open(dir)
+    }
+
+    /// `<base>/programs`, which the guardian kills whole if procwatch dies.
+    pub fn programs_dir(&self) -> &Path {
+        &self.programs
+    }
+
+    /// What the guardian removes when procwatch is gone: `<base>` if procwatch made it, else
+    /// only `programs/`.
+    pub fn cleanup_dir(&self) -> &Path {
+        if self.own_base { &self.base } else { &self.programs }
+    }
+
+    /// At a clean exit: kills whatever is left (nothing, normally) and removes what procwatch made.
+    pub fn remove(&self) {
+        kill_and_remove(&self.programs);
+        if self.own_base {
+            // supervisor/ may exist in an older layout; procwatch itself is not in base.
+            remove_subtree(&self.base, true);
+        }
+    }
+}
+
+/// One program's cgroup. The directory fd is what `clone3(CLONE_INTO_CGROUP)` takes.
+#[derive(Debug)]
+pub struct ProgramCgroup {
+    dir: PathBuf,
+    fd: OwnedFd,
+}
+
+/// `cpu.stat`'s totals, in µs: every process that ever ran in the cgroup, dead ones included.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuStat {
+    pub user_usec: u64,
+    pub system_usec: u64,
+}
+
+/// PSI totals of one resource, in µs (`some` and `full` lines of `*.pressure`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Pressure {
+    pub some_usec: u64,
+    /// Absent for cpu on older kernels.
+    pub full_usec: Option<u64>,
+}
+
+/// The memory controller's figures, where it is enabled.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Memory {
+    pub current_bytes: u64,
+    /// `memory.peak` (Linux 5.19+).
+    pub peak_bytes: Option<u64>,
+    /// `None` for `max` (no limit).
+    pub max_bytes: Option<u64>,
+    /// `oom_kill` of `memory.events`.
+    pub oom_kills: u64,
+}
+
+impl ProgramCgroup {
+    fn open(dir: PathBuf) -> io::Result<ProgramCgroup> {
+        let c = CString::new(dir.as_os_str().as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a valid C string; the fd returned is owned below.
+        let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just opened, owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(ProgramCgroup { dir, fd })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn dir_fd(&self) -> i32 {
+        self.fd.as_raw_fd()
+    }
+
+    /// `cgroup.procs` open for writing: where clone3 cannot place a child, the child writes
+    /// itself into it before exec.
+    pub fn procs_fd(&self) -> io::Result<File> {
+        OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(self.dir.join("cgroup.procs"))
+    }
+
+    /// The members (thread group IDs) now, from `cgroup.procs`.
+    pub fn procs(&self, out: &mut Vec<i32>) {
+        out.clear();
+        if let Ok(mut f) = File::open(self.dir.join("cgroup.procs")) {
+            let mut text = String::new();
+            if f.read_to_string(&mut text).is_ok() {
+                out.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+            }
+        }
+    }
+
+    /// Whether any process is left (`populated` of `cgroup.events`).
+    pub fn populated(&self) -> bool {
+        populated(&self.dir)
+    }
+
+    /// SIGKILLs every process in the cgroup, atomically with respect to forks (`cgroup.kill`,
+    /// Linux 5.14+). Falls back to killing each member where the file is missing.
+    pub fn kill(&self) {
+        if write_file(&self.dir.join("cgroup.kill"), "1").is_err() {
+            let mut pids = Vec::new();
+            self.procs(&mut pids);
+            for pid in pids {
+                // SAFETY: plain syscall.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+
+    pub fn cpu(&self) -> Option<CpuStat> {
+        parse_cpu_stat(&std::fs::read_to_string(self.dir.join("cpu.stat")).ok()?)
+    }
+
+    /// PSI of `resource` (`cpu`, `memory`, `io`); `None` where PSI is off.
+    pub fn pressure(&self, resource: &str) -> Option<Pressure> {
+        parse_pressure(&std::fs::read_to_string(self.dir.join(format!("{resource}.pressure"))).ok()?)
+    }
+
+    /// `None` without the memory controller.
+    pub fn memory(&self) -> Option<Memory> {
+        let read = |f: &str| std::fs::read_to_string(self.dir.join(f)).ok();
+        let current = read("memory.current")?.trim().parse().ok()?;
+        Some(Memory {
+            current_bytes: current,
+            peak_bytes: read("memory.peak").and_then(|t| t.trim().parse().ok()),
+            max_bytes: read("memory.max").and_then(|t| parse_max(&t)),
+            oom_kills: read("memory.events").map_or(0, |t| parse_keyed(&t, "oom_kill").unwrap_or(0)),
+        })
+    }
+
+    /// `oom_kill` of `memory.events`, `None` without the memory controller.
+    pub fn oom_kills(&self) -> Option<u64> {
+        parse_keyed(
+            &std::fs::read_to_string(self.dir.join("memory.events")).ok()?,
+            "oom_kill",
+        )
+    }
+
+    /// Writes the `resources:` limits (each `None` is "max": no limit).
+    pub fn set_limits(&self, memory: Option<u64>, cpu: Option<f64>, pids: Option<u64>) -> io::Result<()> {
+        let fmt = |v: Option<u64>| v.map_or_else(|| "max".to_owned(), |v| v.to_string());
+        if self.dir.join("memory.max").exists() {
+            write_file(&self.dir.join("memory.max"), &fmt(memory))?;
+        }
+        if self.dir.join("pids.max").exists() {
+            write_file(&self.dir.join("pids.max"), &fmt(pids))?;
+        }
+        if self.dir.join("cpu.max").exists() {
+            let period = 100_000u64;
+            let quota = cpu.map_or_else(
+                || "max".to_owned(),
+                |c| ((c * period as f64).round() as u64).max(1000).to_string(),
+            );
+            write_file(&self.dir.join("cpu.max"), &format!("{quota} {period}"))?;
+        }
+        Ok(())
+    }
+
+    /// Removes the cgroup (empty by now: the program was stopped). Killing first makes sure.
+    pub fn remove(&self) {
+        if self.populated() {
+            self.kill();
+            let _ = wait_unpopulated_blocking(&self.dir, Duration::from_secs(5));
+        }
+        if let Err(e) = std::fs::remove_dir(&self.dir) {
+            tracing::warn!(cgroup = %self.dir.display(), error = %e, "cannot remove a program's cgroup");
+        }
+    }
+
+    /// An inotify watch on `cgroup.events`: readable whenever `populated` may have changed.
+    /// The kernel sends IN_MODIFY on that file for every change (cgroup-v2.rst), so a stop
+    /// waits for emptiness without polling.
+    pub fn events_watch(&self) -> io::Result<OwnedFd> {
+        events_watch(&self.dir)
+    }
+}
+
+fn populated(dir: &Path) -> bool {
+    std::fs::read_to_string(dir.join("cgroup.events"))
+        .ok()
+        .and_then(|t| parse_keyed(&t, "populated"))
+        .is_none_or(|v| v != 0)
+}
+
+fn events_watch(dir: &Path) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscall; the fd is owned below.
+    let fd = unsafe { libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: just created and owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let path = CString::new(dir.join("cgroup.events").as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: valid fd and C string.
+    if unsafe { libc::inotify_add_watch(fd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Empties an inotify fd's queue (the events only say "look again").
+pub fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 1024];
+    // SAFETY: reading into a local buffer from a nonblocking fd we own.
+    while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+}
+
+/// Waits (blocking, for start-up and exit paths) until `dir` is empty or `timeout` passes.
+fn wait_unpopulated_blocking(dir: &Path, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let watch = events_watch(dir).ok();
+    loop {
+        if !populated(dir) {
+            return true;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        match &watch {
+            Some(fd) => {
+                let mut p = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd.
+                unsafe { libc::poll(&mut p, 1, left.as_millis().min(1000) as i32) };
+                drain(fd);
+            }
+            None => std::thread::sleep(Duration::from_millis(10).min(left)),
+        }
+    }
+}
+
+/// `KEY VALUE` lines (`cgroup.events`, `memory.events`, `cpu.stat`).
+pub fn parse_keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+pub fn parse_cpu_stat(text: &str) -> Option<CpuStat> {
+    Some(CpuStat {
+        user_usec: parse_keyed(text, "user_usec")?,
+        system_usec: parse_keyed(text, "system_usec")?,
+    })
+}
+
+/// `some avg10=0.00 avg60=0.00 avg300=0.00 total=N` and the same for `full`.
+pub fn parse_pressure(text: &str) -> Option<Pressure> {
+    let total = |kind: &str| {
+        text.lines().find_map(|l| {
+            let rest = l.strip_prefix(kind)?.strip_prefix(' ')?;
+            rest.split_whitespace()
+                .find_map(|f| f.strip_prefix("total="))
+                .and_then(|v| v.parse().ok())
+        })
+    };
+    Some(Pressure {
+        some_usec: total("some")?,
+        full_usec: total("full"),
+    })
+}
+
+/// A `memory.max`-style value: bytes, or `max` for no limit.
+pub fn parse_max(text: &str) -> Option<u64> {
+    match text.trim() {
+        "max" => None,
+        v => v.parse().ok(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/cgroup");
+
+    fn fixture(name: &str) -> String {
+        std::fs::read_to_string(Path::new(FIXTURES).join(name)).unwrap()
+    }
+
+    #[test]
+    fn finds_cgroup2_in_unified_and_hybrid_mountinfo() {
+        let hybrid = "25 30 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755\n\
+                      41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                      42 25 0:39 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n";
+        assert_eq!(parse_mountinfo(hybrid), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        let unified =
+            "30 24 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 rw,nsdelegate\n";
+        assert_eq!(parse_mountinfo(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+        let spaced = "30 24 0:26 / /mnt/my\\040cg rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(parse_mountinfo(spaced), Some(PathBuf::from("/mnt/my cg")));
+        assert_eq!(
+            parse_mountinfo("42 25 0:39 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"),
+            None
+        );
+    }
+
+    #[test]
+    fn finds_own_cgroup() {
+        let text = "9:name=systemd:/\n4:memory:/x\n0::/system.slice/procwatch.service\n";
+        assert_eq!(
+            parse_own_cgroup(text).as_deref(),
+            Some("/system.slice/procwatch.service")
+        );
+        assert_eq!(parse_own_cgroup("4:memory:/x\n"), None);
+    }
+
+    #[test]
+    fn parses_cpu_stat() {
+        assert_eq!(
+            parse_cpu_stat(&fixture("cpu.stat")),
+            Some(CpuStat {
+                user_usec: 2_918_021,
+                system_usec: 104_437
+            })
+        );
+    }
+
+    #[test]
+    fn parses_memory_files() {
+        assert_eq!(parse_keyed(&fixture("memory.events"), "oom_kill"), Some(3));
+        assert_eq!(parse_keyed(&fixture("memory.events"), "oom_group_kill"), Some(0));
+        assert_eq!(parse_max(&fixture("memory.max")), Some(536_870_912));
+        assert_eq!(parse_max("max\n"), None);
+        assert_eq!(fixture("memory.current").trim().parse::<u64>().ok(), Some(123_482_112));
+        assert_eq!(parse_keyed(&fixture("cgroup.events"), "populated"), Some(1));
+    }
+
+    #[test]
+    fn parses_pressure() {
+        assert_eq!(
+            parse_pressure(&fixture("memory.pressure")),
+            Some(Pressure {
+                some_usec: 1_520_300,
+                full_usec: Some(1_180_004)
+            })
+        );
+        assert_eq!(
+            parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=42\n"),
+            Some(Pressure {
+                some_usec: 42,
+                full_usec: None
+            })
+        );
+        assert_eq!(parse_pressure(""), None);
+    }
+
+    #[test]
+    fn parses_setting() {
+        for s in [CgroupSetting::Auto, CgroupSetting::Off, CgroupSetting::Required] {
+            assert_eq!(CgroupSetting::parse(s.as_str()), Some(s));
+        }
+        assert_eq!(CgroupSetting::parse("yes"), None);
+    }
+}

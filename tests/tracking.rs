@@ -1,0 +1,466 @@
+//! Process tracking in both modes, on real cgroups: cgroup mode (as root here: each program in
+//! its own cgroup v2) and proc mode (procwatch run as `nobody`, or `cgroup: off`). Daemons
+//! that double-fork and `setsid`, and children that `setpgid`, are counted and stopped; a
+//! `kill -9` of procwatch (its guardian's PID, or the supervisor's) leaves nothing running;
+//! cgroups are cleaned up. Where cgroup mode cannot run (not root, no cgroup2), those tests
+//! print why and pass.
+
+mod util;
+
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use util::{Procwatch, procs_with, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+/// The cgroup2 mount, if procwatch can use cgroup mode here (root and a writable cgroup2).
+fn cgroup2() -> Option<PathBuf> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: cgroup mode needs root (or a delegated cgroup) and this test runs as a user");
+        return None;
+    }
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let mount = procwatch::cgroup::parse_mountinfo(&info);
+    if mount.is_none() {
+        eprintln!("skipped: no cgroup2 file system is mounted here");
+    }
+    mount
+}
+
+/// procwatch's own cgroup directory for the test process's cgroup.
+fn own_cgroup(mount: &Path) -> PathBuf {
+    let text = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    let own = procwatch::cgroup::parse_own_cgroup(&text).unwrap();
+    mount.join(own.trim_start_matches('/'))
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    /// As root: cgroup mode.
+    Cgroup,
+    /// As nobody: proc mode, because procwatch cannot write any cgroup.
+    Unprivileged,
+}
+
+/// Starts procwatch on `yaml` (plus `files` written next to it) in `mode`.
+fn start(mode: Mode, yaml: &str, files: &[(&str, &str)], marker: &str) -> Procwatch {
+    let (dir, config) = util::config_dir(yaml);
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let arg = config.to_str().unwrap().to_owned();
+    if mode == Mode::Unprivileged {
+        // nobody must be able to read the config and run in the directory.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        for e in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    }
+    Procwatch::start_with(dir, config, &["--config", &arg], marker, |cmd| {
+        if mode == Mode::Unprivileged {
+            cmd.uid(65534).gid(65534);
+        }
+    })
+}
+
+/// Processes of this test with `needle` in their command line.
+fn running(marker: &str, needle: &str) -> Vec<i32> {
+    procs_with(marker)
+        .into_iter()
+        .filter(|(_, cmd)| cmd.contains(needle))
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn gone(marker: &str, what: &str) {
+    wait_for(T, what, || procs_with(marker).is_empty().then_some(()));
+}
+
+/// A daemon that double-forks and `setsid`s, burns exactly 2 s of CPU, says so in `burned`,
+/// and sleeps. Its main process sleeps too.
+const DAEMON: &str = "import os, time
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        t = time.process_time()
+        while time.process_time() - t < 2.0:
+            pass
+        open('burned', 'w').close()
+        time.sleep(600)
+    os._exit(0)
+time.sleep(600)
+";
+
+const DAEMON_YAML: &str = "shutdown_timeout: 10s\nprocesses:\n  - name: daemon\n    command: [python3, daemon.py]\n  - name: plain\n    command: [sleep, '600']\n";
+
+fn start_daemon(mode: Mode, marker: &str) -> Procwatch {
+    let pw = start(mode, DAEMON_YAML, &[("daemon.py", DAEMON)], marker);
+    pw.wait_scrape(T, "both up", |s| {
+        s.prog("procwatch_process_up", "daemon") == Some(1.0) && s.prog("procwatch_process_up", "plain") == Some(1.0)
+    });
+    wait_for(T, "the daemon to burn its 2 s", || {
+        pw.path("burned").exists().then_some(())
+    });
+    pw
+}
+
+#[test]
+fn a_setsid_daemons_cpu_and_membership_are_counted_and_removal_stops_it() {
+    let Some(mount) = cgroup2() else { return };
+    let m = util::marker("daemon-cpu");
+    let pw = start_daemon(Mode::Cgroup, &m);
+    let s = pw.scrape();
+    let cpu = s.cpu("daemon");
+    // What the two processes left (both asleep now, so their CPU stands still) used, as the
+    // kernel counts it per process; the middle process's few ms are within the margin.
+    let mut reader = procwatch::procfs::Reader::default();
+    let clk = procwatch::procfs::sys().clk_tck as f64;
+    let used: f64 = running(&m, "daemon.py")
+        .into_iter()
+        .filter_map(|pid| reader.stat(pid))
+        .map(|st| (st.utime_ticks + st.stime_ticks) as f64 / clk)
+        .sum();
+    assert!(used >= 2.0, "{used}");
+    assert!(
+        (cpu - used).abs() <= 0.05 * used,
+        "daemon: {cpu:.3} s counted, {used:.3} s used"
+    );
+    // The main process and the daemon (the middle process has exited).
+    assert_eq!(
+        s.prog("procwatch_process_tree_processes", "daemon"),
+        Some(2.0),
+        "{}",
+        s.text
+    );
+    assert_eq!(running(&m, "daemon.py").len(), 2);
+
+    // The program's cgroup is where procwatch said, and holds exactly those two.
+    let programs = own_cgroup(&mount)
+        .join(format!("procwatch-{}", pw.supervisor_pid()))
+        .join("programs");
+    let procs = std::fs::read_to_string(programs.join("daemon/cgroup.procs")).unwrap();
+    assert_eq!(procs.split_whitespace().count(), 2, "{procs}");
+
+    // Removed by a reload: the daemon goes too, and so does the cgroup; CPU stays counted
+    // for `plain` (never decreasing).
+    pw.write_config("processes:\n  - name: plain\n    command: [sleep, '600']\n");
+    pw.signal(libc::SIGHUP);
+    wait_for(T, "the daemon to be stopped", || {
+        running(&m, "daemon.py").is_empty().then_some(())
+    });
+    wait_for(T, "the program's cgroup to be removed", || {
+        (!programs.join("daemon").exists()).then_some(())
+    });
+    assert!(programs.join("plain").exists());
+}
+
+fn daemon_stopped_on_sigterm(mode: Mode) {
+    let m = util::marker(&format!("daemon-term-{mode:?}"));
+    let mut pw = start_daemon(mode, &m);
+    let status = pw.stop();
+    assert!(status.success(), "{status:?}\n{}", pw.stderr());
+    let left = procs_with(&m);
+    assert!(left.is_empty(), "left running: {left:?}\n{}", pw.stderr());
+}
+
+#[test]
+fn sigterm_stops_a_setsid_daemon_in_cgroup_mode() {
+    if cgroup2().is_none() {
+        return;
+    }
+    daemon_stopped_on_sigterm(Mode::Cgroup);
+}
+
+#[test]
+fn sigterm_stops_a_setsid_daemon_in_proc_mode() {
+    daemon_stopped_on_sigterm(Mode::Unprivileged);
+}
+
+/// `kill -9` of procwatch's PID (the guardian: the supervisor stops everything and says so),
+/// or of the supervisor (the guardian kills everything left).
+fn daemon_stopped_on_sigkill(mode: Mode, target_supervisor: bool) {
+    let m = util::marker(&format!("daemon-kill-{mode:?}-{target_supervisor}"));
+    let mut pw = start_daemon(mode, &m);
+    let sup = pw.supervisor_pid();
+    if target_supervisor {
+        // SAFETY: plain syscall to our own grandchild.
+        unsafe { libc::kill(sup, libc::SIGKILL) };
+        pw.wait_exit(T);
+        assert!(
+            pw.stderr().contains("the supervisor was killed"),
+            "the guardian says what it did:\n{}",
+            pw.stderr()
+        );
+    } else {
+        pw.signal(libc::SIGKILL);
+        pw.wait_exit(T);
+    }
+    gone(&m, "every program, daemon and procwatch process to be gone");
+    if !target_supervisor {
+        assert!(
+            pw.stderr().contains("the guardian process is gone"),
+            "the supervisor says why it stops:\n{}",
+            pw.stderr()
+        );
+    }
+    if mode == Mode::Cgroup {
+        let mount = cgroup2().unwrap();
+        let dir = own_cgroup(&mount).join(format!("procwatch-{sup}"));
+        wait_for(T, "procwatch's cgroups to be removed", || (!dir.exists()).then_some(()));
+    }
+}
+
+#[test]
+fn sigkill_of_procwatch_leaves_no_daemon_in_cgroup_mode() {
+    if cgroup2().is_none() {
+        return;
+    }
+    daemon_stopped_on_sigkill(Mode::Cgroup, false);
+    daemon_stopped_on_sigkill(Mode::Cgroup, true);
+}
+
+#[test]
+fn sigkill_of_procwatch_leaves_no_daemon_in_proc_mode() {
+    daemon_stopped_on_sigkill(Mode::Unprivileged, false);
+    daemon_stopped_on_sigkill(Mode::Unprivileged, true);
+}
+
+/// A program whose child moves to its own process group, then exits 1: restarted by
+/// policy, each run leaves a `setpgid` child behind unless the stop reaches it.
+const SETPGID_YAML: &str = "processes:\n  - name: grouper\n    command: [python3, grouper.py]\n    restart: always\n    backoff: {initial: 100ms, max: 100ms}\n  - name: plain\n    command: [sleep, '600']\n";
+const GROUPER: &str = "import os, time
+if os.fork() == 0:
+    os.setpgid(0, 0)
+    time.sleep(600)
+time.sleep(0.3)
+raise SystemExit(1)
+";
+
+/// Processes of the test that lead their own process group but not their session.
+fn setpgid_children(marker: &str) -> Vec<i32> {
+    let mut reader = procwatch::procfs::Reader::default();
+    running(marker, "grouper.py")
+        .into_iter()
+        .filter(|&pid| reader.stat(pid).is_some_and(|st| st.pgrp == pid && st.session != pid))
+        .collect()
+}
+
+fn setpgid_child_stopped(mode: Mode) {
+    let m = util::marker(&format!("setpgid-{mode:?}"));
+    let pw = start(mode, SETPGID_YAML, &[("grouper.py", GROUPER)], &m);
+    pw.wait_scrape(T, "four restarts", |s| {
+        s.prog("procwatch_process_restarts_total", "grouper").unwrap_or(0.0) >= 4.0
+    });
+    // At most the current run's child is alive; each earlier run's went with its run.
+    let kids = setpgid_children(&m);
+    assert!(kids.len() <= 1, "setpgid children of earlier runs still run: {kids:?}");
+    pw.write_config("processes:\n  - name: plain\n    command: [sleep, '600']\n");
+    pw.signal(libc::SIGHUP);
+    wait_for(T, "grouper and its children to be stopped", || {
+        running(&m, "grouper.py").is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_setpgid_child_is_stopped_on_restart_and_removal_in_cgroup_mode() {
+    if cgroup2().is_none() {
+        return;
+    }
+    setpgid_child_stopped(Mode::Cgroup);
+}
+
+#[test]
+fn a_setpgid_child_is_stopped_on_restart_and_removal_in_proc_mode() {
+    setpgid_child_stopped(Mode::Unprivileged);
+}
+
+#[test]
+fn the_mode_is_logged_and_exported() {
+    let m = util::marker("mode");
+    let yaml = "processes:\n  - name: plain\n    command: [sleep, '600']\n";
+    let mut cases = vec![(Mode::Unprivileged, yaml.to_owned(), "proc", "cannot write")];
+    cases.push((Mode::Cgroup, format!("cgroup: off\n{yaml}"), "proc", "cgroup: off"));
+    if cgroup2().is_some() {
+        cases.push((Mode::Cgroup, yaml.to_owned(), "cgroup", "cgroup mode: programs in"));
+    }
+    for (mode, yaml, metric, why) in cases {
+        let pw = start(mode, &yaml, &[], &m);
+        let s = pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
+        // Pressure (PSI) of the program's cgroup in cgroup mode; no such family in proc mode.
+        let psi = s.get(
+            "procwatch_process_pressure_waiting_seconds_total",
+            &[("name", "plain"), ("resource", "cpu")],
+        );
+        assert_eq!(psi.is_some(), metric == "cgroup", "{mode:?}: {}", s.text);
+        assert_eq!(
+            s.get("procwatch_tracking_info", &[("mode", metric)]),
+            Some(1.0),
+            "{mode:?}: {}",
+            s.text
+        );
+        let log = pw.stderr();
+        let line = log
+            .lines()
+            .find(|l| l.contains("tracking: "))
+            .expect("one tracking line");
+        assert!(
+            line.contains(&format!("mode={metric}")) && line.contains(why),
+            "{mode:?}: {line}"
+        );
+        assert_eq!(log.matches("tracking: ").count(), 1, "{log}");
+    }
+}
+
+/// The memory families come from the memory controller of the program's cgroup; where the
+/// controller is not there (this host keeps it in cgroup v1), they are absent, not 0.
+#[test]
+fn memory_families_follow_the_memory_controller() {
+    let Some(mount) = cgroup2() else { return };
+    let own = own_cgroup(&mount);
+    let has_memory = std::fs::read_to_string(own.join("cgroup.controllers"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .any(|c| c == "memory");
+    let m = util::marker("memory");
+    let pw = start(
+        Mode::Cgroup,
+        "processes:\n  - name: plain\n    command: [sleep, '600']\n",
+        &[],
+        &m,
+    );
+    let s = pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
+    let memory = s.prog("procwatch_process_memory_bytes", "plain");
+    if !has_memory {
+        eprintln!(
+            "skipped the live OOM and memory check: no memory controller in {} (a hybrid host keeps it in cgroup v1); the parsers are tested from fixtures",
+            own.display()
+        );
+        assert_eq!(memory, None, "no controller, no family: {}", s.text);
+        assert_eq!(s.prog("procwatch_process_oom_kills_total", "plain"), None);
+        return;
+    }
+    assert!(memory.is_some_and(|b| b > 0.0), "{}", s.text);
+    assert_eq!(s.prog("procwatch_process_oom_kills_total", "plain"), Some(0.0));
+}
+
+#[test]
+fn cgroup_required_without_cgroups_is_a_start_up_error() {
+    let (dir, config) =
+        util::config_dir("cgroup: required\nprocesses:\n  - name: plain\n    command: [sleep, '600']\n");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let out = std::process::Command::new(util::BIN)
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "--web.listen-address",
+            "127.0.0.1:0",
+        ])
+        .current_dir(dir.path())
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cgroup: required"), "{err}");
+    // --check-config says the same.
+    let out = std::process::Command::new(util::BIN)
+        .args(["--check-config", "--config", config.to_str().unwrap()])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn check_config_names_the_mode() {
+    let (dir, config) = util::config_dir("cgroup: off\nprocesses:\n  - name: plain\n    command: [sleep, '600']\n");
+    let (code, out, err) = util::run_to_end(
+        &["--check-config", "--config", config.to_str().unwrap()],
+        dir.path(),
+        "check",
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("tracking: proc mode: cgroup: off"), "{out}");
+}
+
+#[test]
+fn leftover_cgroups_of_a_killed_procwatch_are_removed_at_start() {
+    let Some(mount) = cgroup2() else { return };
+    let own = own_cgroup(&mount);
+    // A PID that no longer runs: a child that has exited and been reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let left = own.join(format!("procwatch-{dead}"));
+    let prog = left.join("programs").join("old");
+    std::fs::create_dir_all(&prog).unwrap();
+    // A process left running in it, as after a SIGKILL of the whole procwatch process group.
+    let m = util::marker("leftover");
+    let cg_procs = prog.join("cgroup.procs");
+    let mut cmd = std::process::Command::new("sleep");
+    cmd.arg("600").env(util::MARKER_VAR, &m);
+    // SAFETY: the closure only writes to a file (async-signal-safe system calls) before exec.
+    let mut leftover = unsafe { cmd.pre_exec(move || std::fs::write(&cg_procs, "0")).spawn().unwrap() };
+    assert_eq!(running(&m, "sleep 600").len(), 1);
+
+    let pw = start(
+        Mode::Cgroup,
+        "processes:\n  - name: plain\n    command: [sleep, '600']\n",
+        &[],
+        &util::marker("leftover-pw"),
+    );
+    pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
+    let _ = leftover.wait();
+    assert!(!left.exists(), "{} is still there", left.display());
+    assert!(
+        pw.stderr()
+            .contains("removing the cgroups of a procwatch that no longer runs")
+    );
+}
+
+#[test]
+fn cgroups_are_removed_at_exit() {
+    let Some(mount) = cgroup2() else { return };
+    let m = util::marker("cg-exit");
+    let mut pw = start(
+        Mode::Cgroup,
+        "processes:\n  - name: plain\n    command: [sleep, '600']\n",
+        &[],
+        &m,
+    );
+    pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
+    let dir = own_cgroup(&mount).join(format!("procwatch-{}", pw.supervisor_pid()));
+    assert!(dir.join("programs/plain").exists());
+    assert!(pw.stop().success());
+    assert!(!dir.exists(), "{} is still there", dir.display());
+}
+
+#[test]
+fn sigterm_during_a_reload_stops_within_shutdown_timeout() {
+    let m = util::marker("reload-term");
+    let pw_yaml = "shutdown_timeout: 2s\nprocesses:\n  - name: stubborn\n    command: [sh, -c, 'trap \"\" TERM; sleep 600 & wait; sleep 601']\n    stop_timeout: 60s\n  - name: plain\n    command: [sleep, '600']\n";
+    let mut pw = start(Mode::Cgroup, pw_yaml, &[], &m);
+    pw.wait_scrape(T, "stubborn and its child", |s| {
+        s.prog("procwatch_process_tree_processes", "stubborn") == Some(2.0)
+    });
+    pw.write_config("shutdown_timeout: 2s\nprocesses:\n  - name: plain\n    command: [sleep, '600']\n");
+    pw.signal(libc::SIGHUP);
+    wait_for(T, "the reload to stop stubborn", || {
+        pw.stderr().contains("SIGHUP: reloading config").then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    pw.signal(libc::SIGTERM);
+    let status = pw.wait_exit(T);
+    assert!(status.success(), "{status:?}\n{}", pw.stderr());
+    // 2 s of shutdown_timeout, not 60 s of stop_timeout.
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+    gone(&m, "everything to be gone");
+}
