@@ -176,9 +176,10 @@ fn a_supervisor_start_up_error_exits_1() {
     // SAFETY: only async-signal-safe calls between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The guardian, the supervisor's main thread and the runtime's two workers.
             let limit = libc::rlimit {
-                rlim_cur: 3,
-                rlim_max: 3,
+                rlim_cur: 4,
+                rlim_max: 4,
             };
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setgid(uid) != 0

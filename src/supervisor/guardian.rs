@@ -43,21 +43,17 @@ pub(crate) fn link() -> Option<&'static Link> {
     LINK.get()
 }
 
-/// The signals the guardian passes on to the supervisor. The others keep their default
-/// action: the ones the kernel raises for faults, SIGKILL and SIGSTOP cannot be caught,
-/// SIGCHLD is the guardian's own, SIGPIPE is ignored.
-const FORWARDED: [i32; 10] = [
-    libc::SIGHUP,
-    libc::SIGINT,
-    libc::SIGQUIT,
-    libc::SIGUSR1,
-    libc::SIGUSR2,
-    libc::SIGALRM,
-    libc::SIGTERM,
-    libc::SIGWINCH,
-    libc::SIGPWR,
-    libc::SIGCONT,
-];
+/// The signals the guardian passes on to the supervisor: every one that can be caught, but
+/// SIGCHLD (the guardian's own) and SIGPIPE (ignored: a closed stderr must not end it). The
+/// supervisor decides what each means. 32 and 33 are glibc's own (NPTL) and cannot be used.
+fn forwarded() -> impl Iterator<Item = i32> {
+    (1..=64).filter(|&s| {
+        !matches!(
+            s,
+            libc::SIGKILL | libc::SIGSTOP | libc::SIGCHLD | libc::SIGPIPE | 32 | 33
+        )
+    })
+}
 
 /// Forks the guardian off. Returns in the child (the supervisor); the parent runs the
 /// guardian until the supervisor ends and exits with its status. Must run before any thread
@@ -91,9 +87,9 @@ fn try_split() -> io::Result<()> {
     // sent to the guardian in between takes its default action.
     let mut set = empty_sigset();
     let mut old = empty_sigset();
-    for sig in FORWARDED.iter().chain(&[libc::SIGCHLD]) {
+    for sig in forwarded().chain([libc::SIGCHLD]) {
         // SAFETY: valid sigset.
-        unsafe { libc::sigaddset(&mut set, *sig) };
+        unsafe { libc::sigaddset(&mut set, sig) };
     }
     // SAFETY: valid sigsets; this thread is the only one.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) };
@@ -143,7 +139,7 @@ extern "C" fn ignore(_: libc::c_int) {}
 fn guard(supervisor: i32, sock: OwnedFd, set: &libc::sigset_t) -> i32 {
     // A real (no-op) handler: as PID 1 in a container, a signal with the default action is
     // dropped by the kernel; blocked and read through the signalfd, it is forwarded.
-    for &sig in &FORWARDED {
+    for sig in forwarded() {
         // SAFETY: installing a handler that does nothing.
         unsafe { libc::signal(sig, ignore as *const () as libc::sighandler_t) };
     }
