@@ -593,30 +593,31 @@ impl Reader {
     /// Sums the tree under `root` (inclusive), given its already-read stat, skipping what
     /// this pass has summed already.
     pub fn tree_from(&mut self, root: Stat, usage: &mut TreeUsage, walk: &mut TreeWalk) {
-        let page = sys().page_size;
-        let want = self.want;
-        self.walk_tree(root, walk, |r, st| {
-            let fds = r.open_fds(st.pid).unwrap_or(0);
-            usage.add(st, fds, page);
-            if want.status
-                && let Some(s) = r.status(st.pid)
-            {
-                usage.add_status(&s);
-            }
-            if want.io
-                && let Some(io) = r.io(st.pid)
-            {
-                usage.add_io(&io);
-            }
-        });
+        self.walk_tree(root, walk, |r, st| r.add_stat(st, usage));
     }
 
-    /// Adds one process (a member of a program's cgroup) to `usage`; a vanished PID adds
-    /// nothing. Its CPU is counted too, though cgroup mode reads CPU from `cpu.stat`.
+    /// Adds one process (a member of a program's cgroup: cgroup mode finds a program's
+    /// processes in `cgroup.procs`, not by walking a tree) to `usage`; a vanished PID adds
+    /// nothing.
     pub fn add_process(&mut self, pid: i32, usage: &mut TreeUsage) {
         if let Some(st) = self.stat(pid) {
-            let fds = self.open_fds(pid).unwrap_or(0);
-            usage.add(&st, fds, sys().page_size);
+            self.add_stat(&st, usage);
+        }
+    }
+
+    /// What a pass sums for one process: its stat, fds, and status and io where wanted.
+    fn add_stat(&mut self, st: &Stat, usage: &mut TreeUsage) {
+        let fds = self.open_fds(st.pid).unwrap_or(0);
+        usage.add(st, fds, sys().page_size);
+        if self.want.status
+            && let Some(s) = self.status(st.pid)
+        {
+            usage.add_status(&s);
+        }
+        if self.want.io
+            && let Some(io) = self.io(st.pid)
+        {
+            usage.add_io(&io);
         }
     }
 

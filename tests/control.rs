@@ -231,7 +231,10 @@ fn control_socket_mode_clean_up_and_stale_replacement() {
     let pw2 = Procwatch::start(TWO, &[]);
     let sock2 = pw2.socket();
     let mut pw2 = pw2;
-    pw2.signal(libc::SIGKILL);
+    // The supervisor (which serves the socket) dies; a SIGKILL of procwatch's PID (its
+    // guardian) would be a clean stop, which removes the socket.
+    // SAFETY: plain syscall to our own grandchild.
+    unsafe { libc::kill(pw2.supervisor_pid(), libc::SIGKILL) };
     pw2.wait_exit(T);
     assert!(sock2.exists(), "a killed procwatch leaves its socket");
     let (code, _, _) = pw2.ctl(&["status"]);

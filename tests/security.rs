@@ -658,7 +658,9 @@ fn clients_that_stall_or_idle_cannot_fill_the_connection_slots() {
     }
     // Wait until procwatch has accepted them all (its open fds), then scrape.
     wait_for(T, "procwatch to hold 1024 connections", || {
-        let fds = std::fs::read_dir(format!("/proc/{}/fd", pw.pid())).ok()?.count();
+        let fds = std::fs::read_dir(format!("/proc/{}/fd", pw.supervisor_pid()))
+            .ok()?
+            .count();
         (fds >= 1024).then_some(())
     });
     let t0 = Instant::now();

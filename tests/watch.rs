@@ -303,7 +303,7 @@ fn a_thousand_watches_share_one_inotify_instance() {
             Some(0.0)
         );
     }
-    let inotify_fds = fs::read_dir(format!("/proc/{}/fd", pw.pid()))
+    let inotify_fds = fs::read_dir(format!("/proc/{}/fd", pw.supervisor_pid()))
         .unwrap()
         .flatten()
         .filter(|e| fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("inotify")))
