@@ -125,8 +125,10 @@ fn a_setsid_daemons_cpu_and_membership_are_counted_and_removal_stops_it() {
         .map(|st| (st.utime_ticks + st.stime_ticks) as f64 / clk)
         .sum();
     assert!(used >= 2.0, "{used}");
+    // The middle process (which exits at once) and the clone-to-exec steps are in the
+    // cgroup's count and not in the survivors' /proc figures: 5-10% here under load.
     assert!(
-        (cpu - used).abs() <= 0.05 * used,
+        (cpu - used).abs() <= 0.10 * used,
         "daemon: {cpu:.3} s counted, {used:.3} s used"
     );
     // The main process and the daemon (the middle process has exited).
