@@ -24,16 +24,23 @@ fn main() {
         return hold(&args[2], &args[3]);
     }
     let quick = args.iter().any(|a| a == "quick");
-    // `-- files`, `-- restart`, `-- control` or `-- scrape` runs one part only.
+    // `-- files`, `-- restart`, `-- control`, `-- scrape` or `-- encode` runs one part only;
+    // `-- N` (a number) measures scrapes at N programs only.
+    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let only = |part: &str| {
-        let parts = ["files", "restart", "control", "scrape"];
+        let parts = ["files", "restart", "control", "scrape", "encode"];
         !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
     };
     let clk = clk_tck();
     println!("procwatch benchmark: {}", machine());
     println!();
     if only("scrape") {
-        scrapes(quick, clk);
+        scrapes(quick, clk, &sizes);
+    }
+    if only("encode") {
+        for n in [1000, 5000] {
+            encoders(n, quick);
+        }
     }
     if only("restart") {
         restart_latency(quick);
@@ -46,7 +53,7 @@ fn main() {
     }
 }
 
-fn scrapes(quick: bool, clk: f64) {
+fn scrapes(quick: bool, clk: f64, only: &[usize]) {
     println!(
         "{:>13} {:>8} {:>11} {:>10} {:>10} {:>6} {:>11} {:>11} {:>11} {:>9} {:>12}",
         "programs",
@@ -61,7 +68,9 @@ fn scrapes(quick: bool, clk: f64) {
         "rss",
         "o/r/c floor"
     );
-    let sizes: &[usize] = if quick {
+    let sizes: &[usize] = if !only.is_empty() {
+        only
+    } else if quick {
         &[10, 100, 1000]
     } else {
         &[10, 100, 1000, 5000]
@@ -71,14 +80,14 @@ fn scrapes(quick: bool, clk: f64) {
         let row = measure(&format!("{n}"), &yaml, n, n, quick, clk);
         row.print();
     }
+    if !only.is_empty() {
+        return;
+    }
     // One program whose tree has 1000 processes: the cost of finding the tree.
     let tree = "status_interval: 0\nprocesses:\n  - name: tree\n    command: [sh, -c, 'for i in $(seq 999); do sleep 100000 & done; wait']\n";
     let row = measure("1 (1000 tree)", tree, 1, 1000, quick, clk);
     row.print();
     println!();
-    for &n in sizes.iter().filter(|&&n| n >= 1000) {
-        encoders(n, quick);
-    }
     println!();
 }
 
@@ -352,7 +361,7 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     let pw = Pw::start(yaml, &[]);
     let t0 = Instant::now();
     let want = procs;
-    let body = wait(Duration::from_secs(120), || {
+    let body = wait(Duration::from_secs(600), || {
         let body = pw.get("/metrics");
         let running = sum(&body, "procwatch_process_up{");
         let tree = sum(&body, "procwatch_process_tree_processes{");
@@ -373,7 +382,7 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
         pw.get("/metrics");
     }
     if procs == 1000 && label == "1000" {
-        parsers(&pids, quick);
+        parsers(&pids, &mains, quick);
         process_exporter(&pw, &pids, rounds.min(20), clk);
     }
     let cpu0 = pw.cpu(clk);
@@ -483,56 +492,57 @@ fn floor_pass(pids: &[i32], mains: &[i32]) -> u64 {
     acc
 }
 
-/// The `procfs` crate's parsers (what procwatch uses) against hand-written ones (what it used
-/// before, and a minimal scan for status and io), on the same bytes read from the same 1000
-/// processes.
-fn parsers(pids: &[i32], quick: bool) {
-    let read = |f: &str| -> Vec<Vec<u8>> {
+/// The `procfs` crate's parsers against hand-written ones, on the same bytes read from the
+/// same 1000 processes. procwatch uses the crate for stat and io, and its own for status and
+/// limits (see the README for why).
+fn parsers(pids: &[i32], mains: &[i32], quick: bool) {
+    use procfs_core::FromRead;
+    use procfs_core::process::{Io, Limits, Stat, Status};
+    let read = |pids: &[i32], f: &str| -> Vec<Vec<u8>> {
         pids.iter()
             .filter_map(|pid| std::fs::read(format!("/proc/{pid}/{f}")).ok())
             .collect()
     };
-    let (stats, statuses, ios) = (read("stat"), read("status"), read("io"));
-    let rounds = if quick { 5 } else { 20 };
-    let per = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n as f64;
-    let (crate_stat, _) = cpu_per(rounds, || {
-        stats.iter().filter_map(|b| procwatch::procfs::parse_stat(b)).count()
-    });
-    let (hand_stat, _) = cpu_per(rounds, || stats.iter().filter_map(|b| hand_parse_stat(b)).count());
-    let (crate_status, _) = cpu_per(rounds, || {
-        statuses
-            .iter()
-            .filter_map(|b| procwatch::procfs::parse_status(b))
-            .count()
-    });
-    let (hand_status, _) = cpu_per(rounds, || {
-        statuses
-            .iter()
-            .filter(|b| {
-                hand_fields(
-                    b,
-                    &["voluntary_ctxt_switches:", "nonvoluntary_ctxt_switches:", "VmSwap:"],
-                ) > 0
-            })
-            .count()
-    });
-    let (crate_io, _) = cpu_per(rounds, || {
-        ios.iter().filter_map(|b| procwatch::procfs::parse_io(b)).count()
-    });
-    let (hand_io, _) = cpu_per(rounds, || {
-        ios.iter()
-            .filter(|b| hand_fields(b, &["read_bytes:", "write_bytes:", "cancelled_write_bytes:"]) > 0)
-            .count()
-    });
-    println!(
-        "parsing per process, procfs crate vs by hand: stat {:.2} vs {:.2} µs, status {:.2} vs {:.2} µs, io {:.2} vs {:.2} µs",
-        per(crate_stat, stats.len()),
-        per(hand_stat, stats.len()),
-        per(crate_status, statuses.len()),
-        per(hand_status, statuses.len()),
-        per(crate_io, ios.len()),
-        per(hand_io, ios.len()),
+    let (stats, statuses, ios, limits) = (
+        read(pids, "stat"),
+        read(pids, "status"),
+        read(pids, "io"),
+        read(mains, "limits"),
     );
+    let rounds = if quick { 5 } else { 20 };
+    let per = |d: Duration, n: usize| d.as_secs_f64() * 1e6 / n.max(1) as f64;
+    let time = |files: &[Vec<u8>], f: &dyn Fn(&[u8]) -> bool| {
+        per(cpu_per(rounds, || files.iter().filter(|b| f(b)).count()).0, files.len())
+    };
+    let rows = [
+        (
+            "stat",
+            time(&stats, &|b| Stat::from_read(b).is_ok()),
+            time(&stats, &|b| hand_parse_stat(b).is_some()),
+        ),
+        (
+            "status",
+            time(&statuses, &|b| Status::from_read(b).is_ok()),
+            time(&statuses, &|b| procwatch::procfs::parse_status(b).is_some()),
+        ),
+        (
+            "io",
+            time(&ios, &|b| Io::from_read(b).is_ok()),
+            time(&ios, &|b| {
+                hand_fields(b, &["read_bytes:", "write_bytes:", "cancelled_write_bytes:"]) > 0
+            }),
+        ),
+        (
+            "limits",
+            time(&limits, &|b| Limits::from_read(b).is_ok()),
+            time(&limits, &|b| procwatch::procfs::parse_max_fds(b).is_some()),
+        ),
+    ];
+    let text: Vec<String> = rows
+        .iter()
+        .map(|(f, krate, hand)| format!("{f} {krate:.2} vs {hand:.2} µs"))
+        .collect();
+    println!("parsing per file, procfs crate vs by hand: {}", text.join(", "));
 }
 
 /// procwatch's stat parser before the procfs crate: fields counted after the last `)`.
@@ -591,11 +601,13 @@ fn process_exporter(pw: &Pw, pids: &[i32], rounds: usize, clk: f64) {
         addr: format!("127.0.0.1:{port}"),
         _dir: tempfile::tempdir().unwrap(),
     };
-    let body = wait(Duration::from_secs(30), || {
-        let b = std::panic::catch_unwind(|| pe.get("/metrics")).ok()?;
-        b.contains("namedprocess_namegroup_num_procs").then_some(b)
+    let procs = "namedprocess_namegroup_num_procs{groupname=\"sleep\"}";
+    let body = wait(Duration::from_secs(60), || {
+        std::net::TcpStream::connect(&pe.addr).ok()?;
+        let b = pe.get("/metrics");
+        (sum(&b, procs) >= pids.len() as f64).then_some(b)
     });
-    let tracked = sum(&body, "namedprocess_namegroup_num_procs{groupname=\"sleep\"}");
+    let tracked = sum(&body, procs);
     for _ in 0..3 {
         pe.get("/metrics");
         pw.get("/metrics");

@@ -32,10 +32,8 @@ use prometheus_client::registry::Registry;
 use crate::cgroup;
 use crate::config::ProbeRole;
 use crate::on_change::{TriggerCount, TriggerView};
-use crate::procfs::{self, SelfUsage, TreeUsage};
-use crate::supervisor::{
-    Action, ExitReason, ProbeSample, Program, ProgramState, ProgramStatus, Reaped, SupervisorView,
-};
+use crate::procfs::{self, Counters, SelfUsage, TreeUsage};
+use crate::supervisor::{Action, ExitReason, ProbeSample, Program, ProgramState, ProgramStatus, SupervisorView};
 use crate::watch::{WatchReport, WatchView};
 
 /// The Content-Type of the text exposition format.
@@ -76,7 +74,9 @@ pub struct ProgramReport {
     pub usage: Option<TreeUsage>,
     pub cpu_user_seconds: f64,
     pub cpu_system_seconds: f64,
-    /// Counters of the live tree plus what procwatch reaped, never below a value reported before.
+    /// Faults, I/O and context switches: the live tree (whose figures include the children
+    /// each process waited for) plus the processes procwatch reaped itself (wait4 rusage),
+    /// never below a value reported before.
     pub counters: Counters,
     /// The main process's soft RLIMIT_NOFILE; `None` while down.
     pub max_fds: Option<u64>,
@@ -86,43 +86,6 @@ pub struct ProgramReport {
     pub memory: Option<cgroup::Memory>,
     /// Group `pressure`: PSI of the program's cgroup, per [`PRESSURE_RESOURCES`].
     pub pressure: [Option<cgroup::Pressure>; 3],
-}
-
-/// A program's counters beyond CPU: the live tree (whose figures include the children each
-/// process waited for) plus the processes procwatch reaped itself (wait4 rusage).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub minor_faults: u64,
-    pub major_faults: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub voluntary_ctxt_switches: u64,
-    pub nonvoluntary_ctxt_switches: u64,
-}
-
-impl Counters {
-    fn sum(live: &TreeUsage, reaped: &Reaped) -> Counters {
-        Counters {
-            minor_faults: live.minor_faults + reaped.minor_faults,
-            major_faults: live.major_faults + reaped.major_faults,
-            read_bytes: live.read_bytes + reaped.read_bytes,
-            write_bytes: live.write_bytes + reaped.write_bytes,
-            voluntary_ctxt_switches: live.voluntary_ctxt_switches + reaped.voluntary_ctxt_switches,
-            nonvoluntary_ctxt_switches: live.nonvoluntary_ctxt_switches + reaped.nonvoluntary_ctxt_switches,
-        }
-    }
-
-    /// Each counter at the higher of the two: a counter never goes down.
-    fn max(self, o: Counters) -> Counters {
-        Counters {
-            minor_faults: self.minor_faults.max(o.minor_faults),
-            major_faults: self.major_faults.max(o.major_faults),
-            read_bytes: self.read_bytes.max(o.read_bytes),
-            write_bytes: self.write_bytes.max(o.write_bytes),
-            voluntary_ctxt_switches: self.voluntary_ctxt_switches.max(o.voluntary_ctxt_switches),
-            nonvoluntary_ctxt_switches: self.nonvoluntary_ctxt_switches.max(o.nonvoluntary_ctxt_switches),
-        }
-    }
 }
 
 /// The highest values reported for one program.
@@ -234,7 +197,7 @@ impl Collector {
         // Reaped CPU is read before the live trees: a process that moves from one to the other
         // in between is missed once (and the high-water mark hides the dip), never counted twice.
         let reaped: Vec<(Duration, Duration)> = programs.iter().map(|p| p.reaped_cpu()).collect();
-        let reaped_usage: Vec<Reaped> = programs.iter().map(|p| p.reaped_usage()).collect();
+        let reaped_usage: Vec<Counters> = programs.iter().map(|p| p.reaped_usage()).collect();
 
         let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
         let reader = &mut *reader;
@@ -320,7 +283,7 @@ impl Collector {
             let high = reported.get_mut(&program.name).expect("inserted above");
             high.cpu_user = high.cpu_user.max(user);
             high.cpu_system = high.cpu_system.max(system);
-            high.counters = high.counters.max(Counters::sum(&live, &reaped_usage[i]));
+            high.counters = high.counters.max(live.counters.plus(reaped_usage[i]));
             let probes = if self.groups.on(Group::Probes) {
                 ProbeRole::ALL.map(|role| program.probe(role))
             } else {

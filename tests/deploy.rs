@@ -113,3 +113,42 @@ fn kubernetes_objects_fit_together() {
         cm["metadata"]["name"]
     );
 }
+
+#[test]
+fn the_daemonsets_args_are_flags_procwatch_accepts() {
+    let ds = yaml(
+        &std::fs::read_to_string(repo("deploy/kubernetes/daemonset.yaml")).unwrap(),
+        "daemonset",
+    );
+    let cm = yaml(
+        &std::fs::read_to_string(repo("deploy/kubernetes/configmap.yaml")).unwrap(),
+        "configmap",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("procwatch.yaml");
+    std::fs::write(&config, cm["data"]["procwatch.yaml"].as_str().unwrap()).unwrap();
+    // The container's args as they are, the config path pointed at the ConfigMap's text, and
+    // every --no-collector flag besides: each must parse.
+    let mut args: Vec<String> = ds["spec"]["template"]["spec"]["containers"][0]["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_owned())
+        .map(|a| {
+            if a.starts_with("--config=") {
+                format!("--config={}", config.display())
+            } else {
+                a
+            }
+        })
+        .collect();
+    args.extend(
+        procwatch::metrics::Group::ALL
+            .iter()
+            .map(|g| format!("--no-collector.{}", g.as_str())),
+    );
+    args.push("--check-config".to_owned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = run_to_end(&args, dir.path(), &marker("daemonset"));
+    assert_eq!(code, 0, "{args:?}:\n{stdout}{stderr}");
+}

@@ -187,17 +187,6 @@ struct ReapedRusage {
     nivcsw: AtomicU64,
 }
 
-/// What the processes of a program that procwatch reaped used, beyond CPU.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Reaped {
-    pub minor_faults: u64,
-    pub major_faults: u64,
-    pub read_bytes: u64,
-    pub write_bytes: u64,
-    pub voluntary_ctxt_switches: u64,
-    pub nonvoluntary_ctxt_switches: u64,
-}
-
 impl Program {
     fn new(config: Arc<ProgramConfig>) -> Program {
         Program {
@@ -259,10 +248,10 @@ impl Program {
     }
 
     /// Faults, I/O and context switches of the processes of this program that have been reaped.
-    pub fn reaped_usage(&self) -> Reaped {
+    pub fn reaped_usage(&self) -> procfs::Counters {
         let r = &self.reaped;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        Reaped {
+        procfs::Counters {
             minor_faults: get(&r.minflt),
             major_faults: get(&r.majflt),
             read_bytes: get(&r.inblock) * 512,
