@@ -5,6 +5,7 @@
 mod util;
 
 use std::io::Read;
+use std::path::Path;
 use std::time::Duration;
 
 use util::{Procwatch, Scrape, http, marker};
@@ -12,12 +13,14 @@ use util::{Procwatch, Scrape, http, marker};
 const T: Duration = Duration::from_secs(60);
 const MIB: f64 = 1024.0 * 1024.0;
 
-/// Waits until a process marked `m` with `needle` in its command line has run and is gone,
-/// without scraping: a scrape while it lived would report its figures, and the high-water
-/// mark would keep them.
-fn wait_ran(m: &str, needle: &str) {
+/// Waits until `done` exists (the program's last act) and then until no process marked `m`
+/// has `needle` in its command line, without scraping: a scrape while it lived would report
+/// its figures, and the high-water mark would keep them.
+fn wait_ran(m: &str, done: &Path, needle: &str) {
+    util::wait_for(T, &format!("{} to exist", done.display()), || {
+        done.exists().then_some(())
+    });
     let running = || util::procs_with(m).iter().any(|(_, cmd)| cmd.contains(needle));
-    util::wait_for(T, &format!("{needle} to start"), || running().then_some(()));
     util::wait_for(T, &format!("{needle} to end"), || (!running()).then_some(()));
 }
 
@@ -32,12 +35,11 @@ fn a_child_that_wrote_64_mib_and_exited_shows_in_write_bytes() {
     let yaml = format!(
         "status_interval: 0\nprocesses:\n  \
            - name: parent\n    command: [sh, -c, 'dd if=/dev/zero of={o}.1 bs=1M count=64 conv=fsync 2>/dev/null; touch {o}.done; exec sleep 600']\n  \
-           - name: oneshot\n    restart: never\n    command: [sh, -c, 'sleep 1; dd if=/dev/zero of={o}.2 bs=1M count=64 conv=fsync 2>/dev/null']\n",
+           - name: oneshot\n    restart: never\n    command: [sh, -c, 'dd if=/dev/zero of={o}.2 bs=1M count=64 conv=fsync 2>/dev/null; touch {o}.done2']\n",
         o = out.display()
     );
     let pw = Procwatch::start_marked(&yaml, &[], &m);
-    // `oneshot` lives a second at least: long enough to be seen running.
-    wait_ran(&m, &format!("{}.2", out.display()));
+    wait_ran(&m, &out.with_extension("done2"), &format!("{}.2", out.display()));
     let done = out.with_extension("done");
     util::wait_for(T, "the parent's child to be done", || done.exists().then_some(()));
     let s = pw.scrape();
@@ -89,13 +91,17 @@ fn a_child_that_touched_100_mib_and_exited_shows_its_minor_faults() {
 fn a_program_that_died_keeps_its_counters() {
     let m = marker("reaped");
     // Faults and context switches of a main process that procwatch reaped come from wait4.
-    let touch =
-        "import time; b = bytearray(40 << 20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; time.sleep(0.2)";
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let touch = format!(
+        "b = bytearray(40 << 20); [b.__setitem__(i, 1) for i in range(0, len(b), 4096)]; open(\"{}\", \"w\").close()",
+        done.display()
+    );
     let yaml = format!(
         "status_interval: 0\nprocesses:\n  - name: once\n    restart: never\n    command: [python3, -c, '{touch}']\n"
     );
     let pw = Procwatch::start_marked(&yaml, &[], &m);
-    wait_ran(&m, "python3");
+    wait_ran(&m, &done, "python3");
     let s = pw.wait_scrape(T, "once to be down", |s| {
         s.prog("procwatch_process_up", "once") == Some(0.0)
     });
