@@ -209,6 +209,8 @@ pub(super) struct Tree {
     dirs: HashMap<i32, Dir, Fast>,
     /// Files with writes not yet counted, by (watch, name hash).
     dirty: HashMap<(i32, u64), Dirty, Fast>,
+    /// No burst in `dirty` ends before this: [`Tree::expire`] scans the map only then.
+    next_expiry: Option<Instant>,
     /// When to try establishing again while down.
     pub(super) retry_at: Option<Instant>,
     /// Whether what an establishing finds was made after the watch began (the root came back,
@@ -238,6 +240,7 @@ impl Tree {
             root_is_dir: false,
             dirs: HashMap::default(),
             dirty: HashMap::default(),
+            next_expiry: None,
             retry_at: Some(Instant::now()),
             count_on_establish: false,
             said_missing: false,
@@ -441,6 +444,7 @@ impl Tree {
     /// writes count as one `modify`, at its close or after [`QUIET`], as if they had been seen.
     fn written_unseen(&mut self, wd: i32, h: u64, entry: &std::fs::DirEntry, now: Instant) {
         if entry.metadata().is_ok_and(|m| m.len() > 0) {
+            self.expiry_at(now + QUIET);
             self.dirty.insert(
                 (wd, h),
                 Dirty {
@@ -449,6 +453,10 @@ impl Tree {
                 },
             );
         }
+    }
+
+    fn expiry_at(&mut self, end: Instant) {
+        self.next_expiry = Some(self.next_expiry.map_or(end, |n| n.min(end)));
     }
 
     /// Stops watching `rel` and everything below it (it moved out of the tree).
@@ -589,6 +597,9 @@ impl Tree {
                 Entry::Occupied(mut e) => e.get_mut().last_write = now,
                 Entry::Vacant(e) => {
                     let w = !self.filter.is_active() || self.filter.wanted(rel);
+                    let end = now + QUIET;
+                    let next = self.next_expiry.map_or(end, |n| n.min(end));
+                    self.next_expiry = Some(next);
                     e.insert(Dirty {
                         last_write: now,
                         wanted: w,
@@ -646,7 +657,15 @@ impl Tree {
     /// when the next one may end.
     pub(super) fn expire(&mut self, now: Instant) -> Option<Instant> {
         if self.dirty.is_empty() {
+            self.next_expiry = None;
             return None;
+        }
+        // A write only pushes its burst's end later: nothing ends before the earliest end
+        // noted at an insert, so the map is not scanned on every wake-up of a busy thread.
+        if let Some(next) = self.next_expiry
+            && next > now
+        {
+            return Some(next);
         }
         let mut ended = 0;
         let mut next: Option<Instant> = None;
@@ -663,6 +682,7 @@ impl Tree {
         for _ in 0..ended {
             self.count(MODIFY);
         }
+        self.next_expiry = next;
         next
     }
 
