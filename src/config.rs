@@ -41,6 +41,9 @@ pub const MAX_EXPANDED_BYTES: usize = 16 << 20;
 pub const MAX_ARG_STRLEN: usize = 32 * 4096;
 /// Copies of one program (`instances`).
 pub const MAX_INSTANCES: u32 = 10_000;
+/// `output: {file: ...}` defaults, as Docker's json-file driver's usual settings.
+const DEFAULT_MAX_SIZE: u64 = 10 << 20;
+const DEFAULT_MAX_FILES: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -143,6 +146,32 @@ pub struct ProgramConfig {
     pub liveness: Option<ProbeConfig>,
     /// Drives `procwatch_process_ready` and `depends_on: ready`.
     pub readiness: Option<ProbeConfig>,
+    pub output: OutputConfig,
+}
+
+/// Where a program's stdout and stderr go (`output:`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum OutputConfig {
+    /// Each line to procwatch's stdout behind the program's name, as docker compose does.
+    #[default]
+    Prefix,
+    /// procwatch's own stdout and stderr, untouched and not captured.
+    Inherit,
+    /// A file with size rotation.
+    File(FileOutput),
+}
+
+/// `output: {file: PATH, max_size: 10MiB, max_files: 5, prefix: false}`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileOutput {
+    /// Relative paths are relative to the config file's directory.
+    pub path: PathBuf,
+    /// The file is rotated before a line would take it past this size.
+    pub max_size: u64,
+    /// Files kept, counting the one being written: `PATH`, `PATH.1`, ... `PATH.<max_files-1>`.
+    pub max_files: u32,
+    /// Write the program's name before each line too.
+    pub prefix: bool,
 }
 
 /// `on_change`: what to do to a program when a watch counts events, once per burst.
@@ -335,6 +364,33 @@ struct RawProgram {
     liveness: Option<Spanned<RawProbe>>,
     readiness: Option<Spanned<RawProbe>>,
     on_change: Option<Spanned<RawOnChange>>,
+    output: Option<Spanned<RawOutput>>,
+}
+
+/// `output: prefix | inherit | {file: ...}`: a word or a map, each with its own errors.
+enum RawOutput {
+    Mode(String),
+    File(Box<RawFileOutput>),
+}
+
+impl<'de> Deserialize<'de> for RawOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawOutput;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("prefix, inherit, or a map {file: PATH, max_size, max_files, prefix}")
+            }
+            fn visit_str<E>(self, v: &str) -> Result<RawOutput, E> {
+                Ok(RawOutput::Mode(v.to_owned()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawOutput, A::Error> {
+                RawFileOutput::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|f| RawOutput::File(Box::new(f)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Deserialize)]
@@ -344,6 +400,15 @@ struct RawOnChange {
     action: Option<Spanned<String>>,
     signal: Option<Spanned<String>>,
     debounce: Option<Spanned<Scalar>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFileOutput {
+    file: Spanned<PathBuf>,
+    max_size: Option<Spanned<Scalar>>,
+    max_files: Option<Spanned<u32>>,
+    prefix: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -654,6 +719,53 @@ impl Checker<'_> {
         }
     }
 
+    fn output(&self, raw: Option<&Spanned<RawOutput>>, key: &str) -> Result<OutputConfig, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(OutputConfig::Prefix);
+        };
+        let f = match &raw.value {
+            RawOutput::Mode(m) => {
+                return match m.as_str() {
+                    "prefix" => Ok(OutputConfig::Prefix),
+                    "inherit" => Ok(OutputConfig::Inherit),
+                    other => self.err(
+                        &raw.referenced,
+                        key,
+                        format!("unknown output {other:?} (expected prefix, inherit, or {{file: PATH}})"),
+                    ),
+                };
+            }
+            RawOutput::File(f) => f,
+        };
+        if f.file.value.as_os_str().is_empty() {
+            return self.err(&f.file.referenced, &format!("{key}.file"), "must not be empty");
+        }
+        let max_size = match &f.max_size {
+            None => DEFAULT_MAX_SIZE,
+            Some(s) => match parse_size(&s.value.0) {
+                Some(n) if n > 0 => n,
+                _ => {
+                    return self.err(
+                        &s.referenced,
+                        &format!("{key}.max_size"),
+                        format!("invalid size {:?} (write it like 10MiB, 512KiB, 1GB)", s.value.0),
+                    );
+                }
+            },
+        };
+        let max_files = match &f.max_files {
+            None => DEFAULT_MAX_FILES,
+            Some(n) if n.value >= 1 => n.value,
+            Some(n) => return self.err(&n.referenced, &format!("{key}.max_files"), "must be at least 1"),
+        };
+        Ok(OutputConfig::File(FileOutput {
+            path: f.file.value.clone(),
+            max_size,
+            max_files,
+            prefix: f.prefix.unwrap_or(false),
+        }))
+    }
+
     /// A valid name not used before; `seen` maps each name to the file that defined it.
     fn name(
         &self,
@@ -954,6 +1066,10 @@ fn program(
     let liveness = c.probe(&p_val.liveness, &at("liveness"), ProbeRole::Liveness)?;
     let readiness = c.probe(&p_val.readiness, &at("readiness"), ProbeRole::Readiness)?;
     let depends_on = c.dependencies(&p_val.depends_on, &at("depends_on"))?;
+    let mut output = c.output(p_val.output.as_ref(), &at("output"))?;
+    if let OutputConfig::File(f) = &mut output {
+        f.path = src.path(&f.path);
+    }
 
     let mut env = BTreeMap::new();
     for (j, f) in p_val.env_file.iter().enumerate() {
@@ -1001,6 +1117,7 @@ fn program(
         depends_on,
         liveness,
         readiness,
+        output,
     };
     let Some(n) = &p_val.instances else {
         out.push(base);
@@ -1022,6 +1139,10 @@ fn program(
         copy.name = format!("{}-{k}", base.name);
         copy.instance = Some(k);
         copy.env.insert("PROCWATCH_INSTANCE".to_owned(), k.to_string());
+        // Each copy its own file (`web.log` -> `web-0.log`): rotation needs one writer per file.
+        if let OutputConfig::File(f) = &mut copy.output {
+            f.path = instance_path(&f.path, k);
+        }
         c.unique(&copy.name, &p_val.name.referenced, &at("name"), &mut names.programs)?;
         out.push(copy);
     }
@@ -1081,6 +1202,16 @@ fn on_change(src: &Source, key: &str, raw: &Spanned<RawOnChange>, names: &mut Na
         action,
         debounce,
     })
+}
+
+/// `dir/web.log` -> `dir/web-3.log`; `dir/web` -> `dir/web-3`.
+fn instance_path(path: &Path, k: u32) -> PathBuf {
+    let stem = path.file_stem().unwrap_or_default().to_string_lossy();
+    let name = match path.extension() {
+        Some(ext) => format!("{stem}-{k}.{}", ext.to_string_lossy()),
+        None => format!("{stem}-{k}"),
+    };
+    path.with_file_name(name)
 }
 
 /// Validates one raw watch.
@@ -2415,6 +2546,56 @@ mod tests {
         }
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+    }
+
+    #[test]
+    fn output_modes_and_files() {
+        let c = Config::parse(
+            "processes:\n  - {name: a, command: [x]}\n  - {name: b, command: [x], output: inherit}\n  - name: c\n    command: [x]\n    output: {file: c.log, max_size: 1MiB, max_files: 2, prefix: true}\n  - name: d\n    command: [x]\n    output: {file: /var/log/d.log}\n  - name: e\n    command: [x]\n    instances: 2\n    output: {file: logs/e.log}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let files: Vec<_> = c.processes[4..]
+            .iter()
+            .map(|p| match &p.output {
+                OutputConfig::File(f) => f.path.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(files, [PathBuf::from("logs/e-0.log"), PathBuf::from("logs/e-1.log")]);
+        let out: Vec<&OutputConfig> = c.processes.iter().map(|p| &p.output).collect();
+        assert_eq!(out[0], &OutputConfig::Prefix);
+        assert_eq!(out[1], &OutputConfig::Inherit);
+        assert_eq!(
+            out[2],
+            &OutputConfig::File(FileOutput {
+                path: "c.log".into(),
+                max_size: 1 << 20,
+                max_files: 2,
+                prefix: true
+            })
+        );
+        assert_eq!(
+            out[3],
+            &OutputConfig::File(FileOutput {
+                path: "/var/log/d.log".into(),
+                max_size: 10 << 20,
+                max_files: 5,
+                prefix: false
+            })
+        );
+        let (line, _, key, msg) = err("processes:\n  - name: a\n    command: [x]\n    output: prefixed\n");
+        assert_eq!((line, key.as_str()), (4, "processes[0].output"));
+        assert!(msg.contains("prefixed"), "{msg}");
+        let (line, _, key, _) =
+            err("processes:\n  - name: a\n    command: [x]\n    output:\n      file: a.log\n      max_size: lots\n");
+        assert_eq!((line, key.as_str()), (6, "processes[0].output.max_size"));
+        let (_, _, key, msg) = err("processes:\n  - name: a\n    command: [x]\n    output: {file: a.log, rotate: 3}\n");
+        assert!(key.starts_with("processes[0].output"), "{key}");
+        assert!(msg.contains("rotate"), "{msg}");
+        let (_, _, key, _) =
+            err("processes:\n  - name: a\n    command: [x]\n    output: {file: a.log, max_files: 0}\n");
+        assert_eq!(key, "processes[0].output.max_files");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod ctl;
 pub mod http;
 pub mod metrics;
 pub mod on_change;
+pub mod output;
 pub mod procfs;
 pub mod status;
 pub mod supervisor;

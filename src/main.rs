@@ -3,12 +3,14 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, ValueEnum};
 use procwatch::app::{self, Options};
 use procwatch::config::{Config, format_duration};
 use procwatch::http::{SocketSetting, WebConfigSource};
 use procwatch::metrics::{Group, Groups};
+use procwatch::output;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser, Debug)]
@@ -127,10 +129,10 @@ fn init_logging(level: LogLevel, format: LogFormat) {
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Logfmt => registry
-            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .with(tracing_logfmt::builder().layer().with_writer(output::LogWriter))
             .init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(tracing_subscriber::fmt::layer().json().with_writer(output::LogWriter))
             .init(),
     }
 }
@@ -259,6 +261,8 @@ fn main() -> ExitCode {
         let listener = app::bind(&options, &config).await?;
         app::run(options, config, listener, CancellationToken::new()).await
     });
+    // What is queued for stdout and stderr, if they are being read; never waits long on them.
+    output::flush(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

@@ -30,8 +30,10 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 use crate::cgroup;
+use crate::config::OutputConfig;
 use crate::config::ProbeRole;
 use crate::on_change::{TriggerCount, TriggerView};
+use crate::output::{Stream, StreamCounts};
 use crate::procfs::{self, Counters, SelfUsage, TreeUsage};
 use crate::supervisor::{Action, ExitReason, ProbeSample, Program, ProgramState, ProgramStatus, SupervisorView};
 use crate::watch::{WatchReport, WatchView};
@@ -86,6 +88,16 @@ pub struct ProgramReport {
     pub memory: Option<cgroup::Memory>,
     /// Group `pressure`: PSI of the program's cgroup, per [`PRESSURE_RESOURCES`].
     pub pressure: [Option<cgroup::Pressure>; 3],
+    /// Captured output (group `logs`); `None` when the group is off.
+    pub logs: Option<LogsReport>,
+}
+
+/// A program's captured output at one scrape.
+#[derive(Debug, Clone, Copy)]
+pub struct LogsReport {
+    /// By stream, in the order of [`Stream::ALL`].
+    pub streams: [StreamCounts; 2],
+    pub last_output: Option<SystemTime>,
 }
 
 /// The highest values reported for one program.
@@ -297,6 +309,15 @@ impl Collector {
                     *p = c.pressure(resource);
                 }
             }
+            // `inherit` output is not captured: unknown, not 0.
+            let captured = status.config.output != OutputConfig::Inherit;
+            let logs = (captured && self.groups.on(Group::Logs)).then(|| {
+                let o = program.output();
+                LogsReport {
+                    streams: Stream::ALL.map(|s| o.counts(s)),
+                    last_output: o.last_output(),
+                }
+            });
             reports.push(ProgramReport {
                 program: Arc::clone(program),
                 status,
@@ -308,6 +329,7 @@ impl Collector {
                 probes,
                 memory,
                 pressure,
+                logs,
             });
         }
         if reported.len() > reports.len() {
@@ -510,6 +532,7 @@ const SECTIONS: &[(Option<Group>, Section)] = &[
     (Some(Group::Ctxswitch), ctxswitch),
     (Some(Group::Memory), memory),
     (Some(Group::Probes), probes),
+    (Some(Group::Logs), logs),
     (None, watches),
     (Some(Group::Cgroup), cgroup_families),
     (Some(Group::Pressure), pressure),
@@ -767,6 +790,46 @@ fn probes(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
         }
     }
     Ok(())
+}
+
+/// Group `logs`: captured output (see `output.rs`).
+fn logs(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
+    let per_stream: [Row<StreamCounts>; 3] = [
+        (
+            "procwatch_process_log_lines_total",
+            "Lines the program wrote, by stream, over every run. A line longer than 16 KiB counts once: it is passed on cut to its first 16 KiB (see procwatch_process_log_truncated_lines_total).",
+            Kind::Counter,
+            |c| c.lines.into(),
+        ),
+        (
+            "procwatch_process_log_bytes_total",
+            "Bytes the program wrote, by stream, over every run, newlines and the dropped rest of cut lines included.",
+            Kind::Counter,
+            |c| c.bytes.into(),
+        ),
+        (
+            "procwatch_process_log_truncated_lines_total",
+            "Lines longer than 16 KiB, by stream: passed on as their first 16 KiB, the rest dropped.",
+            Kind::Counter,
+            |c| c.truncated.into(),
+        ),
+    ];
+    for (name, help, kind, value) in per_stream {
+        let mut f = out.family(name, help, kind);
+        for r in &g.programs {
+            let Some(logs) = &r.logs else { continue };
+            for (stream, counts) in Stream::ALL.iter().zip(&logs.streams) {
+                f.sample(&[("name", r.name()), ("stream", stream.as_str())], value(counts))?;
+            }
+        }
+    }
+    out.per_program(
+        "procwatch_process_last_output_timestamp_seconds",
+        "Unix time the program last wrote a line, on either stream; absent before its first line.",
+        Kind::Gauge,
+        &g.programs,
+        |r| r.logs?.last_output.map(|t| unix_secs(t).into()),
+    )
 }
 
 fn watches(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {

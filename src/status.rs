@@ -2,7 +2,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -248,7 +247,7 @@ pub fn render_info(info: &StatusInfo) -> String {
     out
 }
 
-/// Prints the report to stdout every `interval` until `shutdown`.
+/// Prints the report to procwatch's stdout (without waiting on it) every `interval` until `shutdown`.
 pub async fn report_every(interval: Duration, collector: Arc<Collector>, shutdown: CancellationToken) {
     if interval.is_zero() {
         return;
@@ -265,9 +264,8 @@ pub async fn report_every(interval: Duration, collector: Arc<Collector>, shutdow
         let Ok(text) = tokio::task::spawn_blocking(move || render(&c.gather())).await else {
             continue;
         };
-        let mut stdout = std::io::stdout().lock();
-        let _ = stdout.write_all(text.as_bytes());
-        let _ = stdout.flush();
+        // Never waits: with nobody reading procwatch's stdout, the report is dropped and counted.
+        crate::output::stdout().try_push(text.as_bytes());
     }
 }
 

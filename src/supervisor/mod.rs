@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cgroup::{self, CgroupSetting, ProgramCgroup};
 use crate::config::{ApplyReport, DependCondition, ProbeRole, ProgramConfig};
+use crate::output::{Output, ProgramOutput};
 use crate::procfs;
 
 pub use control::{Action, Control, ControlError, Origin, Outcome};
@@ -173,6 +174,8 @@ pub struct Program {
     probe_stats: [probe::ProbeStats; 2],
     /// Its cgroup in cgroup mode, made at its first start and kept across runs and reloads.
     cgroup: OnceLock<Arc<ProgramCgroup>>,
+    /// Its captured output: counters and last lines, over every run.
+    output: Arc<ProgramOutput>,
 }
 
 /// Totals of wait4 rusage over the processes of a program that procwatch reaped.
@@ -191,6 +194,7 @@ impl Program {
     fn new(config: Arc<ProgramConfig>) -> Program {
         Program {
             name: config.name.clone(),
+            output: Arc::new(ProgramOutput::new(&config.name)),
             status: ArcSwap::from_pointee(ProgramStatus {
                 config,
                 state: ProgramState::Starting,
@@ -229,6 +233,11 @@ impl Program {
     /// Its cgroup (cgroup mode, once started): membership, CPU, memory, pressure.
     pub fn cgroup(&self) -> Option<&ProgramCgroup> {
         self.cgroup.get().map(|c| &**c)
+    }
+
+    /// Its captured output: line counts, the last lines, a follow subscription.
+    pub fn output(&self) -> &Arc<ProgramOutput> {
+        &self.output
     }
 
     pub fn status(&self) -> Arc<ProgramStatus> {
@@ -343,6 +352,7 @@ async fn stop_in_order(runners: Vec<Runner>) {
 
 pub struct Supervisor {
     os: Arc<os::Os>,
+    output: Arc<Output>,
     published: Arc<ArcSwap<Vec<Arc<Program>>>>,
     runners: HashMap<String, Runner>,
     /// Each runner's command sender by name, republished by `apply`.
@@ -364,8 +374,11 @@ impl Supervisor {
             "tracking: {}",
             tracking.describe()
         );
+        // The output reader thread first: the spawner hands each run the pipes it reads.
+        let output = Output::start().map_err(SupervisorError::Start)?;
         Ok(Supervisor {
             os: os::Os::start(guardian, tracking).map_err(SupervisorError::Start)?,
+            output,
             published: Arc::new(ArcSwap::from_pointee(Vec::new())),
             runners: HashMap::new(),
             commands: Arc::default(),
@@ -399,6 +412,7 @@ impl Supervisor {
         // for all of them.
         let stopping = report.to_stop().filter_map(|name| self.runners.remove(name)).collect();
         stop_in_order(stopping).await;
+        self.output.set_names(configs.iter().map(|c| c.name.as_str()));
         // Programs are kept by name, so a restarted program's counters go on.
         let old: HashMap<String, Arc<Program>> = self
             .published
@@ -444,7 +458,14 @@ impl Supervisor {
                 .collect();
             let stop = CancellationToken::new();
             let (commands, requests) = mpsc::channel(control::QUEUE);
-            let task = runner::spawn(Arc::clone(&self.os), program, deps, stop.clone(), requests);
+            let task = runner::spawn(
+                Arc::clone(&self.os),
+                Arc::clone(&self.output),
+                program,
+                deps,
+                stop.clone(),
+                requests,
+            );
             self.runners.insert(
                 config.name.clone(),
                 Runner {

@@ -16,6 +16,7 @@ use super::os::{self, Entry, Os, OsEvent, Stdio};
 use super::probe::{ProbeEvent, RunProbes};
 use super::{Action, ControlError, Exit, ExitReason, Origin, Outcome, Program, ProgramState, ProgramStatus};
 use crate::config::{DependCondition, ProgramConfig, RestartPolicy};
+use crate::output::{self, Output};
 use crate::procfs;
 
 /// How often a stop in proc mode re-checks its process group besides on every reap: catches
@@ -23,6 +24,11 @@ use crate::procfs;
 const GROUP_RECHECK: Duration = Duration::from_millis(50);
 /// How long to wait for a group to vanish after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How long a run's end waits for the last of its output to be read (a descendant that left
+/// the group may hold the pipes open; it is still read, just not waited for).
+const OUTPUT_DRAIN: Duration = Duration::from_millis(250);
+/// Last stderr lines in the log record of a failed run.
+const CRASH_LINES: usize = 10;
 
 /// Publishes the status a new runner starts from: the new config, not started, not ready;
 /// the counters go on. Done for every new runner of an apply before any of them starts, so
@@ -40,6 +46,7 @@ pub(super) fn reset(program: &Program, config: Arc<ProgramConfig>) {
 
 pub(super) fn spawn(
     os: Arc<Os>,
+    output: Arc<Output>,
     program: Arc<Program>,
     deps: Vec<(Arc<Program>, DependCondition)>,
     stop: CancellationToken,
@@ -50,6 +57,7 @@ pub(super) fn spawn(
     let config = Arc::clone(&status.config);
     let runner = Runner {
         os,
+        output,
         entry: Entry {
             program,
             events: events_tx,
@@ -68,6 +76,7 @@ pub(super) fn spawn(
 
 struct Runner {
     os: Arc<Os>,
+    output: Arc<Output>,
     entry: Entry,
     events: mpsc::UnboundedReceiver<OsEvent>,
     backoff: Backoff,
@@ -354,10 +363,19 @@ impl Runner {
         }
         let config = Arc::clone(&self.status.config);
         self.run_started = Instant::now();
-        // TODO(output): the output module's pipe ends for this run go here.
-        let stdio = Stdio::default();
-        let pid = match self.os.spawn(Arc::clone(&config), self.entry.clone(), stdio).await {
-            Ok(pid) => pid,
+        let run = self.output.attach(self.entry.program.output(), &config.output);
+        let spawned = match run {
+            Ok(mut run) => {
+                let stdio = run.take_stdio().map_or_else(Stdio::default, |c| Stdio {
+                    stdout: Some(c.stdout),
+                    stderr: Some(c.stderr),
+                });
+                (self.os.spawn(Arc::clone(&config), self.entry.clone(), stdio).await).map(|pid| (pid, run))
+            }
+            Err(err) => Err(err),
+        };
+        let (pid, run) = match spawned {
+            Ok(started) => started,
             Err(err) => {
                 // A command that cannot start is a failed run: counted, logged, retried by policy.
                 let code = match err.kind() {
@@ -404,11 +422,11 @@ impl Runner {
             let req = tokio::select! {
                 exit = wait_main(&mut self.events) => {
                     drop(probes);
-                    return self.exited(pid, exit).await;
+                    return self.exited(pid, exit, &run).await;
                 }
                 _ = self.stop.cancelled() => {
                     drop(probes);
-                    self.stop_run(pid, since).await;
+                    self.stop_run(pid, since, &run).await;
                     return RunEnd::Stopped;
                 }
                 Some(req) = self.commands.recv() => req,
@@ -420,7 +438,7 @@ impl Runner {
                     }
                     ProbeEvent::LivenessFailed(error) => {
                         drop(probes);
-                        return self.end_unhealthy(pid, since, &error).await;
+                        return self.end_unhealthy(pid, since, &error, &run).await;
                     }
                 },
             };
@@ -444,7 +462,7 @@ impl Runner {
                 Action::Stop => {
                     self.took(req.action, req.origin);
                     drop(probes);
-                    self.stop_run(pid, since).await;
+                    self.stop_run(pid, since, &run).await;
                     let _ = req.reply.send(Ok(Outcome {
                         before: Some(pid),
                         after: None,
@@ -454,7 +472,7 @@ impl Runner {
                 Action::Restart => {
                     self.took(req.action, req.origin);
                     drop(probes);
-                    self.stop_run(pid, since).await;
+                    self.stop_run(pid, since, &run).await;
                     if req.origin == Origin::Policy {
                         // Through the restart policy, with backoff, counted as a restart.
                         let _ = req.reply.send(Ok(Outcome {
@@ -477,7 +495,7 @@ impl Runner {
     }
 
     /// The main process ended by itself.
-    async fn exited(&mut self, pid: i32, exit: Exit) -> RunEnd {
+    async fn exited(&mut self, pid: i32, exit: Exit, run: &output::Run) -> RunEnd {
         self.record_exit(exit);
         self.publish(ProgramState::BackingOff {
             until: SystemTime::now(),
@@ -486,19 +504,14 @@ impl Runner {
         // A run is over when its main process ends; what it left goes too.
         self.stop_group(pid, &mut None).await;
         self.os.forget_group(pid);
-        info!(
-            program = self.name(),
-            pid,
-            code = exit.code,
-            reason = exit.reason.as_str(),
-            "exited"
-        );
+        run.drained(OUTPUT_DRAIN).await;
+        self.log_exit(pid, exit, run);
         RunEnd::Exited(exit)
     }
 
     /// Ends a run whose liveness probe failed: stopped as by hand, then handed to the restart
     /// policy as a failed run.
-    async fn end_unhealthy(&mut self, pid: i32, since: SystemTime, error: &str) -> RunEnd {
+    async fn end_unhealthy(&mut self, pid: i32, since: SystemTime, error: &str, run: &output::Run) -> RunEnd {
         warn!(
             program = self.name(),
             pid,
@@ -508,7 +521,7 @@ impl Runner {
             self.status.config.restart
         );
         let ended = self.status.exits;
-        self.stop_run(pid, since).await;
+        self.stop_run(pid, since, run).await;
         let exit = match self.status.last_exit {
             Some(exit) if self.status.exits != ended => exit,
             // Not even SIGKILL ended it (logged by stop_group): count it as killed.
@@ -525,13 +538,28 @@ impl Runner {
     }
 
     /// Stops the running main process and its group (stop signal, grace, SIGKILL).
-    async fn stop_run(&mut self, pid: i32, since: SystemTime) {
+    async fn stop_run(&mut self, pid: i32, since: SystemTime, run: &output::Run) {
         self.ran = self.run_started.elapsed();
         self.publish(ProgramState::Stopping { pid, since });
         let mut main = Some(pid);
         self.stop_group(pid, &mut main).await;
         self.os.forget_group(pid);
+        run.drained(OUTPUT_DRAIN).await;
         info!(program = self.name(), pid, "stopped");
+    }
+
+    /// The "exited" record; a failed run's carries its last stderr lines.
+    fn log_exit(&self, pid: i32, exit: Exit, run: &output::Run) {
+        let (code, reason) = (exit.code, exit.reason.as_str());
+        let stderr = match exit.reason {
+            ExitReason::Success => Vec::new(),
+            _ => self.entry.program.output().last_stderr(run.first_seq(), CRASH_LINES),
+        };
+        if stderr.is_empty() {
+            info!(program = self.name(), pid, code, reason, "exited");
+        } else {
+            warn!(program = self.name(), pid, code, reason, stderr = %stderr.join("\n"), "exited");
+        }
     }
 
     /// Stop signal to every process of the run, then SIGKILL after stop_timeout; returns once
