@@ -28,7 +28,7 @@ fn main() {
     // `-- N` (a number) measures scrapes at N programs only.
     let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let only = |part: &str| {
-        let parts = ["files", "restart", "control", "scrape", "encode"];
+        let parts = ["files", "restart", "control", "scrape", "encode", "output"];
         !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
     };
     let clk = clk_tck();
@@ -51,6 +51,85 @@ fn main() {
     if only("files") {
         file_events(quick, clk);
     }
+    if only("output") {
+        output_throughput(quick, clk);
+        output_rings(quick);
+    }
+}
+
+/// One program writes 100-byte lines as fast as it can; procwatch reads, frames, counts,
+/// prefixes and passes every line to its stdout (/dev/null here, through its stdout queue).
+/// Rate from procwatch's own counter; RSS before and at its peak during the flood.
+fn output_throughput(quick: bool, clk: f64) {
+    let lines: u64 = if quick { 1_000_000 } else { 3_000_000 };
+    let line = "x".repeat(99);
+    let yaml = format!(
+        "status_interval: 0\nprocesses:\n  - name: flood\n    command: [sh, -c, 'sleep 1; yes {line} | head -n {lines}; exec sleep 100000']\n"
+    );
+    let pw = Pw::start(&yaml, &[]);
+    let counted = |b: &str| sum(b, "procwatch_process_log_lines_total{name=\"flood\",stream=\"stdout\"}");
+    wait(Duration::from_secs(30), || {
+        (sum(&pw.get("/metrics"), "procwatch_process_up{") == 1.0).then_some(())
+    });
+    let rss0 = pw.rss();
+    let mut peak = rss0;
+    // From the first line counted to the last.
+    let (n0, t0, cpu0) = wait(Duration::from_secs(30), || {
+        let n = counted(&pw.get("/metrics"));
+        (n > 0.0).then(|| (n, Instant::now(), pw.cpu(clk)))
+    });
+    let body = wait(Duration::from_secs(300), || {
+        peak = peak.max(pw.rss());
+        let b = pw.get("/metrics");
+        (counted(&b) as u64 >= lines).then_some(b)
+    });
+    let took = t0.elapsed();
+    let cpu = pw.cpu(clk) - cpu0;
+    let n = counted(&body) as u64;
+    let bytes = sum(
+        &body,
+        "procwatch_process_log_bytes_total{name=\"flood\",stream=\"stdout\"}",
+    ) as u64;
+    let mb = (n as f64 - n0) * 100.0 / 1e6;
+    println!(
+        "output: {lines} lines of 100 bytes ({} MB) from one program: {:.0} MB/s ({:.2} M lines/s), counted {n} lines and {bytes} bytes ({}); procwatch CPU {:.1} ns/line; RSS {:.1} MiB before, {:.1} MiB at the peak (+{:.1} MiB)",
+        lines * 100 / 1_000_000,
+        mb / took.as_secs_f64(),
+        (n as f64 - n0) / took.as_secs_f64() / 1e6,
+        if n == lines && bytes == lines * 100 {
+            "exact"
+        } else {
+            "NOT EXACT"
+        },
+        cpu.as_secs_f64() * 1e9 / (n as f64 - n0),
+        rss0 as f64 / 1048576.0,
+        peak as f64 / 1048576.0,
+        (peak.saturating_sub(rss0)) as f64 / 1048576.0,
+    );
+    pw.stop();
+}
+
+/// 1000 programs that each wrote more than their ring holds: procwatch's RSS with every ring full.
+fn output_rings(quick: bool) {
+    let n = if quick { 300 } else { 1000 };
+    let mut yaml = String::from("status_interval: 0\nshutdown_timeout: 60s\nprocesses:\n");
+    for i in 0..n {
+        yaml.push_str(&format!(
+            "  - name: p{i}\n    command: [sh, -c, 'yes \"a line of output of about seventy characters, as programs write\" | head -n 300; exec sleep 100000']\n"
+        ));
+    }
+    let pw = Pw::start(&yaml, &[]);
+    wait(Duration::from_secs(120), || {
+        let b = pw.get("/metrics");
+        (sum(&b, "procwatch_process_log_lines_total{") as usize == n * 300).then_some(())
+    });
+    // Two scrapes in, as the scrape table measures.
+    pw.get("/metrics");
+    println!(
+        "output rings: {n} programs with full rings (300 lines of 70 bytes each written): RSS {:.1} MiB",
+        pw.rss() as f64 / 1048576.0
+    );
+    pw.stop();
 }
 
 fn scrapes(quick: bool, clk: f64, only: &[usize]) {

@@ -29,21 +29,39 @@ fn a_program_that_forks_200_children_is_stopped_completely() {
 }
 
 #[test]
-fn a_program_flooding_its_stdout_does_not_grow_procwatch() {
+fn a_300_mb_flood_passes_through_procwatch_counted_without_growing_it() {
     let m = marker("flood");
-    // Programs write to procwatch's own stdout directly: procwatch never buffers their output.
-    let (dir, config) = config_dir("processes:\n  - name: flood\n    command: [sh, -c, 'yes procwatch-flood-line']\n");
+    // 15 million lines of 21 bytes (315 MB), every one read, framed, prefixed and counted by
+    // procwatch on its way to procwatch's stdout (here /dev/null, which takes all at once).
+    let (dir, config) = config_dir(
+        "status_interval: 0\nprocesses:\n  - name: flood\n    command: [sh, -c, 'sleep 1; yes procwatch-flood-line | head -n 15000000']\n    restart: never\n",
+    );
     let config_arg = config.to_str().unwrap().to_owned();
     let pw = Procwatch::start_with(dir, config.clone(), &["--config", &config_arg], &m, |cmd| {
         cmd.stdout(Stdio::null());
     });
     pw.wait_scrape(T, "flood up", |s| s.prog("procwatch_process_up", "flood") == Some(1.0));
     let before = rss_kib(pw.supervisor_pid());
-    // Let it write for a while: gigabytes at `yes` speed.
-    let s = pw.wait_scrape(T, "two CPU-seconds of flooding", |s| s.cpu("flood") >= 2.0);
-    assert_eq!(s.prog("procwatch_process_up", "flood"), Some(1.0));
-    let after = rss_kib(pw.supervisor_pid());
-    assert!(after < before + 4096, "RSS went from {before} kB to {after} kB");
+    let lines = |s: &util::Scrape| {
+        s.get(
+            "procwatch_process_log_lines_total",
+            &[("name", "flood"), ("stream", "stdout")],
+        )
+    };
+    let mut peak = before;
+    let s = util::wait_for(Duration::from_secs(300), "every line counted", || {
+        peak = peak.max(rss_kib(pw.supervisor_pid()));
+        Some(pw.scrape()).filter(|s| lines(s) == Some(15_000_000.0))
+    });
+    assert_eq!(
+        s.get(
+            "procwatch_process_log_bytes_total",
+            &[("name", "flood"), ("stream", "stdout")]
+        ),
+        Some(15_000_000.0 * 21.0)
+    );
+    let after = rss_kib(pw.supervisor_pid()).max(peak);
+    assert!(after < before + 16 * 1024, "RSS went from {before} kB to {after} kB");
 }
 
 #[test]

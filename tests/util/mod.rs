@@ -233,6 +233,22 @@ impl Procwatch {
         pw
     }
 
+    /// Takes over a procwatch started by hand (its own stdout or stderr set up by the test)
+    /// that serves on `addr`; waits until it is ready.
+    pub fn adopt(child: Child, dir: tempfile::TempDir, config: PathBuf, addr: String) -> Procwatch {
+        let pw = Procwatch {
+            child,
+            dir,
+            config,
+            addr,
+            exited: None,
+        };
+        wait_for(Duration::from_secs(20), "procwatch to be ready", || {
+            http(&pw.addr, "GET", "/-/ready", "").ok().filter(|r| r.0 == 200)
+        });
+        pw
+    }
+
     /// procwatch's PID: its guardian, which forwards signals to the supervisor (see
     /// supervisor/guardian.rs).
     pub fn pid(&self) -> i32 {
@@ -323,6 +339,15 @@ pub fn logged_addr(log: &str) -> Option<String> {
     }
     let at = log.find("\"addr\":\"")?;
     Some(log[at + 8..].split('"').next()?.to_owned())
+}
+
+/// A loopback address with a port that was free a moment ago.
+pub fn free_addr() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    format!("127.0.0.1:{port}")
 }
 
 /// A temp dir holding `yaml` as procwatch.yaml: (dir, config path).
