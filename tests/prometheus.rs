@@ -494,7 +494,7 @@ fn three_hosts_one_prometheus_and_the_instance_variable_selects_each() {
         std::fs::write(
             &config,
             format!(
-                "status_interval: 0\nprocesses:\n  - name: app\n    command: [sh, -c, 'while :; do head -c 1000000 /dev/zero > /dev/null; sleep 0.05; done']\n  - name: only-on-host{i}\n    command: [sleep, '600']\n  - name: reloaded\n    command: [sh, -c, 'trap : HUP; while :; do touch {dir}/touched{i}; sleep 0.1; done']\n    on_change: {{watch: here, action: signal, debounce: 50ms}}\nwatches:\n  - name: here\n    path: {dir}\n",
+                "status_interval: 0\nprocesses:\n  - name: app\n    command: [sh, -c, 'while :; do head -c 1000000 /dev/zero > /dev/null; echo tick; sleep 0.05; done']\n  - name: only-on-host{i}\n    command: [sleep, '600']\n  - name: reloaded\n    command: [sh, -c, 'trap : HUP; while :; do touch {dir}/touched{i}; sleep 0.1; done']\n    on_change: {{watch: here, action: signal, debounce: 50ms}}\nwatches:\n  - name: here\n    path: {dir}\n",
                 dir = dir.path().display()
             ),
         )
