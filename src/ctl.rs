@@ -500,9 +500,8 @@ async fn logs(target: &Target, name: &str, lines: usize, follow: bool) -> Result
                 api::MAX_LINES,
                 last.seq
             );
-        } else if !path.contains("after=") {
-            path = format!("/api/v1/programs/{name}/logs?lines={}&after=0", api::MAX_LINES);
         }
+        // No line yet: ask for the tail again (an `after` would skip line 0).
         tokio::time::sleep(FOLLOW_EVERY).await;
     }
 }

@@ -162,6 +162,11 @@ fn want(groups: Groups) -> procfs::Want {
 }
 
 impl Collector {
+    /// The configured program of that name, as published now.
+    pub fn program(&self, name: &str) -> Option<Arc<Program>> {
+        self.supervisor.programs().iter().find(|p| p.name == name).cloned()
+    }
+
     pub fn new(supervisor: SupervisorView, watches: WatchView, reload: Arc<ReloadStatus>) -> Collector {
         // Kept /proc files take fds: up to 5 per process (see the README).
         let (before, after) = procfs::raise_nofile_limit();

@@ -148,6 +148,12 @@ impl ProgramOutput {
         lock(&self.ring).lines(n, |_| true)
     }
 
+    /// At most `n` of the lines kept after line `seq` (the newest if more are kept): how a
+    /// polling follower (`ctl logs -f`) asks for what it has not seen.
+    pub fn after(&self, seq: u64, n: usize) -> Vec<LogLine> {
+        lock(&self.ring).lines(n, |l| l.seq > seq)
+    }
+
     /// The text of the last `n` stderr lines written since line `since` (a [`Run::first_seq`]).
     pub fn last_stderr(&self, since: u64, n: usize) -> Vec<String> {
         lock(&self.ring)

@@ -112,6 +112,33 @@ fn ctl_restart_stop_start_signal_over_the_socket() {
 }
 
 #[test]
+fn ctl_logs_shows_the_last_lines_and_what_came_after() {
+    let cfg = "status_interval: 0\nprocesses:\n  - name: talk\n    command: [sh, -c, 'for i in 1 2 3 4 5; do echo line-$i; done; echo oops >&2; sleep 600']\n";
+    let pw = Procwatch::start(cfg, &[]);
+    let out = wait_for(T, "six lines captured", || {
+        let (code, out, _) = pw.ctl(&["logs", "talk", "-n", "100"]);
+        (code == 0 && out.lines().count() == 6).then_some(out)
+    });
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines, ["line-1", "line-2", "line-3", "line-4", "line-5", "oops"]);
+    let (code, out, err) = pw.ctl(&["logs", "talk", "-n", "2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["line-5", "oops"]);
+    let (status, _, body) = http(&pw.addr, "GET", "/api/v1/programs/talk/logs?lines=3&after=3", "").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["captured"], true);
+    let got: Vec<&str> = v["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(got, ["line-5", "oops"], "{v}");
+    assert_eq!(v["lines"][1]["stream"], "stderr");
+}
+
+#[test]
 fn ctl_errors_are_clear_and_exit_1() {
     let pw = Procwatch::start(TWO, &[]);
     wait_pid(&pw, "a");

@@ -17,7 +17,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::{Body, State};
-use crate::config::Signal;
+use crate::config::{OutputConfig, Signal};
 use crate::metrics::Gathered;
 use crate::status::StatusInfo;
 use crate::supervisor::{Action, Control, ControlError, Origin};
@@ -209,30 +209,41 @@ async fn command(control: &Control, name: &str, action: Action) -> Response<Body
 }
 
 fn logs(state: &State, name: &str, req: &Request<Incoming>) -> Response<Body> {
-    if !state.api.control.knows(name) {
+    let Some(program) = state.collector.program(name) else {
         return error(
             StatusCode::NOT_FOUND,
             ControlError::UnknownProgram(name.to_owned()).to_string(),
         );
-    }
+    };
     let lines = match query(req, "lines").map(str::parse::<usize>) {
         None => DEFAULT_LINES,
         Some(Ok(n)) => n.min(MAX_LINES),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "lines must be a number"),
     };
-    let _after = match query(req, "after").map(str::parse::<u64>) {
+    let after = match query(req, "after").map(str::parse::<u64>) {
         None => None,
         Some(Ok(n)) => Some(n),
         Some(Err(_)) => return error(StatusCode::BAD_REQUEST, "after must be a number"),
     };
-    let _ = lines;
-    // Output capture (the last-lines ring) is not wired yet: say so instead of an empty log.
+    let output = program.output();
+    let kept = match after {
+        None => output.tail(lines),
+        Some(seq) => output.after(seq, lines),
+    };
     json(
         StatusCode::OK,
         &LogsReply {
             name: name.to_owned(),
-            captured: false,
-            lines: Vec::new(),
+            // `output: inherit` passes the program's output through untouched: nothing is kept.
+            captured: !matches!(program.status().config.output, OutputConfig::Inherit),
+            lines: kept
+                .into_iter()
+                .map(|l| LogLine {
+                    seq: l.seq,
+                    stream: l.stream.as_str().to_owned(),
+                    text: l.text,
+                })
+                .collect(),
         },
     )
 }
