@@ -675,8 +675,10 @@ fn process_exporter(pw: &Pw, pids: &[i32], rounds: usize, clk: f64) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let supervisor = child.id();
     let pe = Pw {
         child,
+        supervisor,
         addr: format!("127.0.0.1:{port}"),
         _dir: tempfile::tempdir().unwrap(),
     };
@@ -1101,6 +1103,9 @@ fn source_tarball(scratch: &Path, pkgs: usize, depth: usize, files: usize) -> (P
 
 struct Pw {
     child: Child,
+    /// The supervisor: procwatch's work (CPU, memory, the listener) is there, not in the
+    /// guardian that `child` is.
+    supervisor: u32,
     addr: String,
     _dir: tempfile::TempDir,
 }
@@ -1123,11 +1128,19 @@ impl Pw {
             .unwrap();
         let mut pw = Pw {
             child,
+            supervisor: 0,
             addr: String::new(),
             _dir: dir,
         };
-        // --log.level warn hides the address line: find the port from /proc instead.
-        let pid = pw.child.id();
+        // --log.level warn hides the address line: find the port from /proc instead, in the
+        // supervisor: the guardian's (procwatch's PID's) only child, which serves.
+        let guardian = pw.child.id();
+        let pid = wait(Duration::from_secs(30), || {
+            let mut children = Vec::new();
+            procwatch::procfs::Reader::default().children(guardian as i32, 1, &mut children);
+            children.first().map(|&c| c as u32)
+        });
+        pw.supervisor = pid;
         pw.addr = wait(Duration::from_secs(30), || {
             listening_port(pid).map(|p| format!("127.0.0.1:{p}"))
         });
@@ -1145,14 +1158,14 @@ impl Pw {
     }
 
     fn cpu(&self, clk: f64) -> Duration {
-        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap();
+        let text = std::fs::read_to_string(format!("/proc/{}/stat", self.supervisor)).unwrap();
         let rest = &text[text.rfind(')').unwrap() + 2..];
         let f: Vec<f64> = rest.split_whitespace().map(|x| x.parse().unwrap_or(0.0)).collect();
         Duration::from_secs_f64((f[11] + f[12]) / clk)
     }
 
     fn rss(&self) -> u64 {
-        let text = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let text = std::fs::read_to_string(format!("/proc/{}/status", self.supervisor)).unwrap();
         text.lines()
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
