@@ -734,15 +734,6 @@ enum Dest {
     File(Arc<FileDest>),
 }
 
-struct NewPipe {
-    fd: OwnedFd,
-    stream: Stream,
-    program: Arc<ProgramOutput>,
-    run: Arc<RunState>,
-    dest: Dest,
-    prefix: bool,
-}
-
 /// The output side of procwatch: one reader thread for every program's pipes.
 pub struct Output {
     shared: Arc<Shared>,
@@ -752,7 +743,8 @@ struct Shared {
     epoll: OwnedFd,
     /// An eventfd: new pipes to watch, or room in the stdout sink.
     wake: OwnedFd,
-    new: Mutex<Vec<NewPipe>>,
+    /// Pipes made by `attach`, handed to the reader thread.
+    new: Mutex<Vec<Pipe>>,
     /// Width of the name column: the longest program name configured.
     width: AtomicUsize,
 }
@@ -829,13 +821,17 @@ impl Output {
         state.open.store(2, Ordering::Release);
         let mut new = lock(&self.shared.new);
         for (fd, stream) in [(out_r, Stream::Stdout), (err_r, Stream::Stderr)] {
-            new.push(NewPipe {
+            new.push(Pipe {
                 fd,
                 stream,
                 program: Arc::clone(program),
                 run: Arc::clone(&state),
                 dest: dest.clone(),
                 prefix,
+                framer: Framer::default(),
+                pending: Vec::new(),
+                eof: false,
+                column: (usize::MAX, Vec::new()),
             });
         }
         drop(new);
@@ -957,21 +953,7 @@ impl Reader {
         for p in new {
             let token = self.next_token;
             self.next_token += 1;
-            self.pipes.insert(
-                token,
-                Pipe {
-                    fd: p.fd,
-                    stream: p.stream,
-                    program: p.program,
-                    run: p.run,
-                    dest: p.dest,
-                    prefix: p.prefix,
-                    framer: Framer::default(),
-                    pending: Vec::new(),
-                    eof: false,
-                    column: (usize::MAX, Vec::new()),
-                },
-            );
+            self.pipes.insert(token, p);
             self.watch(libc::EPOLL_CTL_ADD, token);
         }
         // Room in the stdout sink, maybe: pass on what waited, in the order it waited.
