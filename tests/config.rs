@@ -590,22 +590,17 @@ fn changing_user_without_root_is_a_config_error() {
         return;
     }
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
     let m = marker("notroot");
     let (dir, config) = util::config_dir("processes:\n  - name: a\n    command: [sleep, '600']\n    user: root\n");
     // Readable by nobody, who runs this procwatch.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let out = std::process::Command::new(util::BIN)
-        .args(["--check-config", "--config", config.to_str().unwrap()])
-        .env(util::MARKER_VAR, &m)
-        .current_dir(dir.path())
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (code, _, err) = util::run_to_end_as_nobody(
+        &["--check-config", "--config", config.to_str().unwrap()],
+        dir.path(),
+        &m,
+    );
+    assert_eq!(code, 1, "{err}");
     assert!(
         err.contains("procwatch.yaml:4:11: processes[0].user: running as user \"root\" needs root"),
         "{err}"

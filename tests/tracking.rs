@@ -355,29 +355,15 @@ fn cgroup_required_without_cgroups_is_a_start_up_error() {
         util::config_dir("cgroup: required\nprocesses:\n  - name: plain\n    command: [sleep, '600']\n");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
-    let out = std::process::Command::new(util::BIN)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--web.listen-address",
-            "127.0.0.1:0",
-        ])
-        .current_dir(dir.path())
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let m = util::marker("required");
+    let cfg = config.to_str().unwrap();
+    let args = ["--config", cfg, "--web.listen-address", "127.0.0.1:0"];
+    let (code, _, err) = util::run_to_end_as_nobody(&args, dir.path(), &m);
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("cgroup: required"), "{err}");
     // --check-config says the same.
-    let out = std::process::Command::new(util::BIN)
-        .args(["--check-config", "--config", config.to_str().unwrap()])
-        .uid(65534)
-        .gid(65534)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    let (code, out, _) = util::run_to_end_as_nobody(&["--check-config", "--config", cfg], dir.path(), &m);
+    assert_eq!(code, 1, "{out}");
 }
 
 #[test]

@@ -414,13 +414,28 @@ pub fn free_port() -> u16 {
 
 /// Runs procwatch to completion with `args` (for config errors and --check-config).
 pub fn run_to_end(args: &[&str], cwd: &Path, marker: &str) -> (i32, String, String) {
-    let out = Command::new(BIN)
-        .args(args)
+    run_command(procwatch_command(args, cwd, marker))
+}
+
+/// `run_to_end` as the unprivileged user `nobody` (for what only root may do).
+pub fn run_to_end_as_nobody(args: &[&str], cwd: &Path, marker: &str) -> (i32, String, String) {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = procwatch_command(args, cwd, marker);
+    cmd.uid(65534).gid(65534);
+    run_command(cmd)
+}
+
+fn procwatch_command(args: &[&str], cwd: &Path, marker: &str) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
         .env(MARKER_VAR, marker)
         .current_dir(cwd)
-        .stdin(Stdio::null())
-        .output()
-        .expect("run procwatch");
+        .stdin(Stdio::null());
+    cmd
+}
+
+fn run_command(mut cmd: Command) -> (i32, String, String) {
+    let out = cmd.output().expect("run procwatch");
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
