@@ -191,7 +191,14 @@ fn main() -> ExitCode {
     if std::env::args().nth(1).as_deref() == Some("ctl") {
         return ExitCode::from(procwatch::ctl::main(std::env::args_os().skip(1)));
     }
-    let cli = Cli::parse();
+    let code = run(Cli::parse());
+    // The log is written by a thread: what is queued for stdout and stderr is written before
+    // any exit (a --check-config warning included), never waiting long on a stalled reader.
+    output::flush(Duration::from_secs(1));
+    code
+}
+
+fn run(cli: Cli) -> ExitCode {
     init_logging(cli.log_level, cli.log_format);
     if !cli.telemetry_path.starts_with('/') || cli.telemetry_path.len() < 2 {
         eprintln!(
@@ -199,6 +206,14 @@ fn main() -> ExitCode {
             cli.telemetry_path
         );
         return ExitCode::from(1);
+    }
+    if !cli.check_config {
+        // First, while procwatch has one thread (the log's writer thread starts at the first
+        // record, and loading the config may log): the process forks, and this one goes on as
+        // the supervisor under a guardian that keeps the original PID (supervisor/guardian.rs).
+        // A thread that existed before the fork would be missing in the supervisor and would
+        // take the guardian's signals without forwarding them.
+        procwatch::supervisor::split_guardian();
     }
     let config = match load(&cli) {
         Ok(c) => c,
@@ -243,9 +258,6 @@ fn main() -> ExitCode {
         control_socket: SocketSetting::from_flag(cli.control_socket.as_deref()),
         collectors: cli.collectors.groups(),
     };
-    // Before any thread exists: the process forks, and this one goes on as the supervisor
-    // under a guardian that keeps the original PID (see supervisor/guardian.rs).
-    procwatch::supervisor::split_guardian();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -261,8 +273,6 @@ fn main() -> ExitCode {
         let listener = app::bind(&options, &config).await?;
         app::run(options, config, listener, CancellationToken::new()).await
     });
-    // What is queued for stdout and stderr, if they are being read; never waits long on them.
-    output::flush(Duration::from_secs(1));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {

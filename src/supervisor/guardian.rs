@@ -65,6 +65,15 @@ pub fn split() {
 }
 
 fn try_split() -> io::Result<()> {
+    // fork(2) copies only the calling thread: any other would be missing in the supervisor
+    // (with whatever lock it held), and in the guardian it would take process-directed
+    // signals without forwarding them.
+    let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+    if threads > 1 {
+        return Err(io::Error::other(format!(
+            "procwatch already runs {threads} threads (the guardian must be split off first)"
+        )));
+    }
     let mut fds = [0; 2];
     // SAFETY: plain syscalls with valid out-pointers.
     unsafe {
@@ -121,6 +130,7 @@ fn try_split() -> io::Result<()> {
     }
     drop(mine);
     let code = guard(pid, theirs, &set);
+    crate::output::flush(Duration::from_secs(1));
     std::process::exit(code);
 }
 
