@@ -207,6 +207,11 @@ impl Collector {
         self.groups
     }
 
+    /// The tracking mode in force and why, in one line (the landing page shows it).
+    pub fn tracking(&self) -> &str {
+        self.supervisor.tracking()
+    }
+
     /// Reads the snapshots and /proc. Blocking: call it off the async threads.
     pub fn gather(&self) -> Gathered {
         let programs = self.supervisor.programs();

@@ -270,3 +270,28 @@ fn without_lifecycle_the_page_has_no_buttons_that_change_state() {
         b.eval("return Array.from(document.querySelectorAll('#programs button')).map(b => b.textContent).join(',');");
     assert_eq!(buttons, "logs");
 }
+
+/// The page says which tracking mode is in force, as procwatch_tracking_info does.
+#[test]
+fn the_landing_page_shows_the_tracking_mode() {
+    let Some(b) = Browser::start() else { return };
+    let pw = Procwatch::start(
+        "status_interval: 0\nprocesses:\n  - name: web\n    command: [sleep, '600']\n",
+        &[],
+    );
+    let s = pw.scrape();
+    let mode = ["cgroup", "proc"]
+        .into_iter()
+        .find(|m| s.get("procwatch_tracking_info", &[("mode", m)]) == Some(1.0))
+        .unwrap_or_else(|| panic!("no procwatch_tracking_info: {}", s.text));
+    b.goto(&format!("http://{}/", pw.addr));
+    wait_for(T, "the script to fill the table", || cell(&b, "web", "pid"));
+    let line = b.eval("return document.getElementById('tracking').textContent;");
+    let line = line.as_str().unwrap_or_default();
+    assert!(line.starts_with(&format!("tracking: {mode} mode")), "{line:?} ({mode})");
+    let log = pw.stderr();
+    assert!(
+        log.contains(&line[..line.len().min(60)]),
+        "the page shows the logged line: {line:?}\n{log}"
+    );
+}

@@ -62,8 +62,9 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The page, with the table as it is now.
-pub fn page(info: &StatusInfo, telemetry_path: &str, lifecycle: bool) -> Response<Body> {
+/// The page, with the table as it is now. `tracking`: the tracking mode in force and why (it
+/// does not change while procwatch runs, so the script leaves it alone).
+pub fn page(info: &StatusInfo, telemetry_path: &str, lifecycle: bool, tracking: &str) -> Response<Body> {
     let mut s = String::with_capacity(4096);
     let _ = write!(
         s,
@@ -72,11 +73,12 @@ pub fn page(info: &StatusInfo, telemetry_path: &str, lifecycle: bool) -> Respons
          <link rel=\"stylesheet\" href=\"{STYLE_PATH}\"><script src=\"{SCRIPT_PATH}\" defer></script></head>\
          <body data-lifecycle=\"{lifecycle}\"><h1>procwatch</h1>\
          <p>version {} &middot; <a href=\"{}\">Metrics</a> &middot; <a href=\"api/v1/programs\">API</a> \
-         &middot; <span id=\"updated\">as of page load</span></p><h2>Programs</h2>\
+         &middot; <span id=\"updated\">as of page load</span></p><p id=\"tracking\">tracking: {}</p><h2>Programs</h2>\
          <table id=\"programs\"><thead><tr><th>name</th><th>state</th><th>ready</th><th>pid</th><th>uptime</th>\
          <th>cpu</th><th>memory</th><th>restarts</th><th>last exit</th><th>command</th><th></th></tr></thead><tbody>",
         env!("CARGO_PKG_VERSION"),
-        esc(telemetry_path)
+        esc(telemetry_path),
+        esc(tracking)
     );
     for p in &info.programs {
         let r = ProgramRow::new(p);

@@ -245,6 +245,7 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
                 &crate::status::StatusInfo::new(&g),
                 &state.config.telemetry_path,
                 state.config.enable_lifecycle,
+                state.collector.tracking(),
             ),
             None => text(StatusCode::INTERNAL_SERVER_ERROR, "gather failed\n"),
         },
