@@ -155,6 +155,12 @@ pub async fn run(
     // Before anything starts: a control socket held by another procwatch is a start-up error.
     let socket = ControlSocket::bind(&options.control_socket)?;
     let mut supervisor = Supervisor::new(options.guardian, config.cgroup)?;
+    // `resources:` needs the tracking mode just chosen: where a limit cannot be kept, nothing
+    // starts (and the cgroups just made go).
+    if let Err(err) = config.check_resources(&supervisor.limit_support()) {
+        supervisor.shutdown(Duration::from_secs(1)).await;
+        return Err(err.into());
+    }
     let api = Api::new(supervisor.control());
     let mut watches = Watches::default();
     let reload_status = Arc::new(ReloadStatus::default());
@@ -365,7 +371,8 @@ impl Running {
                 source: std::io::Error::other(e.to_string()),
             })
         });
-        let new = match new {
+        let support = self.supervisor.limit_support();
+        let new = match new.and_then(|c| c.check_resources(&support).map(|()| c)) {
             Ok(c) => c,
             Err(err) => {
                 // The log first: whoever sees the gauge drop can find why.

@@ -114,11 +114,6 @@ impl Tracking {
             Tracking::Proc { .. } => None,
         }
     }
-
-    /// The controllers `resources:` may use here (none in proc mode).
-    pub fn controllers(&self) -> BTreeSet<String> {
-        self.tree().map(|t| t.controllers.clone()).unwrap_or_default()
-    }
 }
 
 /// Where cgroup2 is mounted and procwatch's own cgroup in it.
@@ -429,6 +424,8 @@ impl Tree {
 pub struct ProgramCgroup {
     dir: PathBuf,
     fd: OwnedFd,
+    /// Limits and OOM state of the current run (see the end of this file).
+    run: RunState,
 }
 
 /// `cpu.stat`'s totals, in µs: every process that ever ran in the cgroup, dead ones included.
@@ -468,7 +465,11 @@ impl ProgramCgroup {
         }
         // SAFETY: just opened, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(ProgramCgroup { dir, fd })
+        Ok(ProgramCgroup {
+            dir,
+            fd,
+            run: RunState::default(),
+        })
     }
 
     pub fn dir(&self) -> &Path {
@@ -544,26 +545,6 @@ impl ProgramCgroup {
             &std::fs::read_to_string(self.dir.join("memory.events")).ok()?,
             "oom_kill",
         )
-    }
-
-    /// Writes the `resources:` limits (each `None` is "max": no limit).
-    pub fn set_limits(&self, memory: Option<u64>, cpu: Option<f64>, pids: Option<u64>) -> io::Result<()> {
-        let fmt = |v: Option<u64>| v.map_or_else(|| "max".to_owned(), |v| v.to_string());
-        if self.dir.join("memory.max").exists() {
-            write_file(&self.dir.join("memory.max"), &fmt(memory))?;
-        }
-        if self.dir.join("pids.max").exists() {
-            write_file(&self.dir.join("pids.max"), &fmt(pids))?;
-        }
-        if self.dir.join("cpu.max").exists() {
-            let period = 100_000u64;
-            let quota = cpu.map_or_else(
-                || "max".to_owned(),
-                |c| ((c * period as f64).round() as u64).max(1000).to_string(),
-            );
-            write_file(&self.dir.join("cpu.max"), &format!("{quota} {period}"))?;
-        }
-        Ok(())
     }
 
     /// Removes the cgroup (empty by now: the program was stopped). Killing first makes sure.
@@ -682,6 +663,178 @@ pub fn parse_max(text: &str) -> Option<u64> {
     }
 }
 
+// ---- resources: limits, and OOM kills told apart (memory.events) ----
+
+/// The `resources:` limits of a program, as written to its cgroup; `None` is no limit (`max`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// `memory.max`, in bytes.
+    pub memory: Option<u64>,
+    /// CPU in thousandths of a core (`cpu: 1.5` is 1500): the `cpu.max` quota per period.
+    pub cpu_millis: Option<u64>,
+    /// `pids.max`.
+    pub pids: Option<u64>,
+}
+
+/// The `cpu.max` period, in µs: systemd's default (`CPUQuotaPeriodSec=100ms`).
+pub const CPU_PERIOD_USEC: u64 = 100_000;
+/// The smallest `cpu.max` quota the kernel takes, in µs; at a 100 ms period, 1% of a core.
+pub const CPU_MIN_QUOTA_USEC: u64 = 1_000;
+
+impl Limits {
+    pub fn is_empty(&self) -> bool {
+        *self == Limits::default()
+    }
+
+    /// The three files and what goes in them, in the order they are written.
+    pub fn files(&self) -> [(&'static str, &'static str, String); 3] {
+        let max = |v: Option<u64>| v.map_or_else(|| "max".to_owned(), |v| v.to_string());
+        [
+            ("memory", "memory.max", max(self.memory)),
+            ("cpu", "cpu.max", cpu_max(self.cpu_millis)),
+            ("pids", "pids.max", max(self.pids)),
+        ]
+    }
+}
+
+/// The `cpu.max` line for `millis` thousandths of a core: `QUOTA PERIOD` in µs, or `max PERIOD`.
+pub fn cpu_max(millis: Option<u64>) -> String {
+    match millis {
+        None => format!("max {CPU_PERIOD_USEC}"),
+        Some(m) => {
+            let quota = m.saturating_mul(CPU_PERIOD_USEC / 1000).max(CPU_MIN_QUOTA_USEC);
+            format!("{quota} {CPU_PERIOD_USEC}")
+        }
+    }
+}
+
+/// What `resources:` can use where procwatch runs: the config is checked against it at start
+/// and at every reload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LimitSupport {
+    /// proc mode: no limits at all; why procwatch is in proc mode.
+    Proc { reason: String },
+    /// cgroup mode, with these controllers enabled for the programs' cgroups.
+    Cgroup { controllers: BTreeSet<String> },
+}
+
+impl Tracking {
+    pub fn limit_support(&self) -> LimitSupport {
+        match self {
+            Tracking::Cgroup(t) => LimitSupport::Cgroup {
+                controllers: t.controllers.clone(),
+            },
+            Tracking::Proc { reason } => LimitSupport::Proc { reason: reason.clone() },
+        }
+    }
+}
+
+/// What `--check-config` can tell about `resources:` without creating anything: proc mode
+/// where procwatch's cgroup cannot be written, else the resource controllers its cgroup has
+/// (under systemd's `Delegate=yes`, of the unit's cgroup, whose `.control` or `supervisor`
+/// leaf the check may run in). The start checks again against the subtree it really gets.
+pub fn probe_limits(setting: CgroupSetting) -> LimitSupport {
+    if setting == CgroupSetting::Off {
+        return LimitSupport::Proc {
+            reason: "cgroup: off in the config".to_owned(),
+        };
+    }
+    let loc = match locate() {
+        Ok(loc) => loc,
+        Err(reason) => return LimitSupport::Proc { reason },
+    };
+    let Ok(c) = CString::new(loc.own.as_os_str().as_bytes()) else {
+        return LimitSupport::Proc {
+            reason: format!("{}: not a usable path", loc.own.display()),
+        };
+    };
+    // SAFETY: a valid C string.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return LimitSupport::Proc {
+            reason: writable_reason(&loc.own, &io::Error::last_os_error()),
+        };
+    }
+    let leaf = loc
+        .own
+        .file_name()
+        .is_some_and(|n| n == ".control" || n == "supervisor");
+    let unit = match loc.own.parent() {
+        Some(parent) if leaf && loc.own != loc.mount => parent,
+        _ => &loc.own,
+    };
+    LimitSupport::Cgroup {
+        controllers: read_controllers(&unit.join("cgroup.controllers"))
+            .into_iter()
+            .filter(|c| RESOURCE_CONTROLLERS.contains(&c.as_str()))
+            .collect(),
+    }
+}
+
+/// Per program cgroup: the limits last written, and whether the last main exit was an OOM kill.
+#[derive(Debug, Default)]
+struct RunState {
+    limits: std::sync::Mutex<Limits>,
+    /// `oom_kill` of `memory.events` when the current run started; `u64::MAX` without it.
+    oom_at_start: std::sync::atomic::AtomicU64,
+    /// The main process of the last run was killed by SIGKILL while `oom_kill` went up.
+    oom_exit: std::sync::atomic::AtomicBool,
+}
+
+impl ProgramCgroup {
+    /// Before a start (on the spawner thread): writes the limits where they changed since the
+    /// last start (a fresh cgroup has none), and notes `oom_kill` so that the run's end can be
+    /// told apart as an OOM kill. A limit that cannot be written fails the start: no limit
+    /// is dropped silently.
+    pub fn prepare_run(&self, limits: &Limits) -> io::Result<()> {
+        use std::sync::atomic::Ordering;
+        let mut written = self.run.limits.lock().unwrap_or_else(|e| e.into_inner());
+        if *written != *limits {
+            for ((controller, file, text), (_, _, old)) in limits.files().into_iter().zip(written.files()) {
+                if text == old {
+                    continue;
+                }
+                let path = self.dir.join(file);
+                // Truncating is what a shell's `>` does; cgroupfs ignores it.
+                let written = OpenOptions::new()
+                    .write(true)
+                    .truncate(true)
+                    .open(&path)
+                    .and_then(|mut f| f.write_all(text.as_bytes()));
+                if let Err(e) = written {
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!("cannot set the {controller} limit ({} = {text}): {e}", path.display()),
+                    ));
+                }
+            }
+            *written = *limits;
+        }
+        drop(written);
+        self.run
+            .oom_at_start
+            .store(self.oom_kills().unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.run.oom_exit.store(false, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// On the reaper thread, when the main process has ended with wait `status` and before
+    /// its runner hears of it: notes whether it was the OOM killer's victim (killed by
+    /// SIGKILL while `oom_kill` of `memory.events` went up since its start). The kernel
+    /// counts the kill before it sends the signal.
+    pub fn note_main_exit(&self, status: i32) {
+        use std::sync::atomic::Ordering;
+        let killed = libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL;
+        let before = self.run.oom_at_start.load(Ordering::Relaxed);
+        let oom = killed && before != u64::MAX && self.oom_kills().is_some_and(|now| now > before);
+        self.run.oom_exit.store(oom, Ordering::Relaxed);
+    }
+
+    /// Whether the main process's last exit was an OOM kill (see `note_main_exit`); clears it.
+    pub fn take_oom(&self) -> bool {
+        self.run.oom_exit.swap(false, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -765,5 +918,95 @@ mod tests {
             assert_eq!(CgroupSetting::parse(s.as_str()), Some(s));
         }
         assert_eq!(CgroupSetting::parse("yes"), None);
+    }
+
+    #[test]
+    fn formats_limits_as_the_kernel_takes_them() {
+        let none = Limits::default();
+        assert!(none.is_empty());
+        assert_eq!(
+            none.files().map(|(_, f, t)| format!("{f}={t}")),
+            ["memory.max=max", "cpu.max=max 100000", "pids.max=max"]
+        );
+        let l = Limits {
+            memory: Some(512 << 20),
+            cpu_millis: Some(1500),
+            pids: Some(1000),
+        };
+        assert_eq!(
+            l.files().map(|(_, f, t)| format!("{f}={t}")),
+            ["memory.max=536870912", "cpu.max=150000 100000", "pids.max=1000"]
+        );
+        assert_eq!(
+            cpu_max(Some(10)),
+            "1000 100000",
+            "1% of a core: the kernel's smallest quota"
+        );
+        assert_eq!(cpu_max(Some(1)), "1000 100000", "never below the kernel's minimum");
+        assert_eq!(cpu_max(Some(250)), "25000 100000");
+    }
+
+    /// memory.events as the kernel writes it before and after an OOM kill (fixtures), as
+    /// `note_main_exit` reads it.
+    #[test]
+    fn oom_kills_are_read_from_memory_events() {
+        assert_eq!(parse_keyed(&fixture("memory.events"), "oom_kill"), Some(3));
+        assert_eq!(parse_keyed(&fixture("memory.events.before-oom"), "oom_kill"), Some(0));
+        assert_eq!(parse_keyed(&fixture("memory.events.after-oom"), "oom_kill"), Some(1));
+        assert_eq!(parse_keyed(&fixture("memory.events.after-oom"), "oom"), Some(1));
+    }
+
+    /// The run-state logic on a directory that holds fixture copies of the files: limits are
+    /// written where they changed, and an exit is an OOM kill only for SIGKILL while
+    /// `oom_kill` went up.
+    #[test]
+    fn prepare_run_writes_limits_and_an_oom_kill_is_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        for f in ["memory.max", "cpu.max", "pids.max"] {
+            std::fs::write(dir.path().join(f), "untouched").unwrap();
+        }
+        let events = dir.path().join("memory.events");
+        std::fs::write(&events, fixture("memory.events.before-oom")).unwrap();
+        let cg = ProgramCgroup::open(dir.path().to_path_buf()).unwrap();
+        let read = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+        cg.prepare_run(&Limits::default()).unwrap();
+        assert_eq!(
+            read("memory.max"),
+            "untouched",
+            "no limit on a fresh cgroup: nothing written"
+        );
+        let l = Limits {
+            memory: Some(64 << 20),
+            cpu_millis: None,
+            pids: Some(50),
+        };
+        cg.prepare_run(&l).unwrap();
+        assert_eq!(
+            [read("memory.max"), read("cpu.max"), read("pids.max")],
+            ["67108864", "untouched", "50"]
+        );
+        const SIGKILLED: i32 = libc::SIGKILL;
+        const SIGTERMED: i32 = libc::SIGTERM;
+        const EXIT_1: i32 = 1 << 8;
+        cg.note_main_exit(SIGKILLED);
+        assert!(!cg.take_oom(), "SIGKILL without an OOM kill is a signal");
+        std::fs::write(&events, fixture("memory.events.after-oom")).unwrap();
+        for status in [SIGTERMED, EXIT_1] {
+            cg.note_main_exit(status);
+            assert!(!cg.take_oom(), "status {status:#x} is no OOM kill");
+        }
+        cg.note_main_exit(SIGKILLED);
+        assert!(cg.take_oom(), "SIGKILL while oom_kill went up");
+        assert!(!cg.take_oom(), "taken once");
+        // The next run starts from the new count; a removed limit goes back to max.
+        cg.prepare_run(&Limits::default()).unwrap();
+        cg.note_main_exit(SIGKILLED);
+        assert!(!cg.take_oom());
+        assert_eq!([read("memory.max"), read("pids.max")], ["max", "max"]);
+        // Without memory.events (no memory controller) nothing is an OOM kill.
+        std::fs::remove_file(&events).unwrap();
+        cg.prepare_run(&Limits::default()).unwrap();
+        cg.note_main_exit(SIGKILLED);
+        assert!(!cg.take_oom());
     }
 }

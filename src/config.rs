@@ -147,6 +147,8 @@ pub struct ProgramConfig {
     /// Drives `procwatch_process_ready` and `depends_on: ready`.
     pub readiness: Option<ProbeConfig>,
     pub output: OutputConfig,
+    /// cgroup limits (`resources:`), written to the program's cgroup before each start.
+    pub resources: Resources,
 }
 
 /// Where a program's stdout and stderr go (`output:`).
@@ -365,6 +367,15 @@ struct RawProgram {
     readiness: Option<Spanned<RawProbe>>,
     on_change: Option<Spanned<RawOnChange>>,
     output: Option<Spanned<RawOutput>>,
+    resources: Option<Spanned<RawResources>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResources {
+    memory: Option<Spanned<Scalar>>,
+    cpu: Option<Spanned<Scalar>>,
+    pids: Option<Spanned<Scalar>>,
 }
 
 /// `output: prefix | inherit | {file: ...}`: a word or a map, each with its own errors.
@@ -1067,6 +1078,7 @@ fn program(
     let readiness = c.probe(&p_val.readiness, &at("readiness"), ProbeRole::Readiness)?;
     let depends_on = c.dependencies(&p_val.depends_on, &at("depends_on"))?;
     let mut output = c.output(p_val.output.as_ref(), &at("output"))?;
+    let resources = c.resources(p_val.resources.as_ref(), &at("resources"))?;
     if let OutputConfig::File(f) = &mut output {
         f.path = src.path(&f.path);
     }
@@ -1118,6 +1130,7 @@ fn program(
         liveness,
         readiness,
         output,
+        resources,
     };
     let Some(n) = &p_val.instances else {
         out.push(base);
@@ -2158,6 +2171,143 @@ fn check_host_port(addr: &str) -> Result<(), String> {
     }
 }
 
+/// A program's `resources:`, validated: cgroup limits, and where each was written (the
+/// controllers are only known once procwatch has chosen its tracking mode, so the check
+/// against them comes after parsing: [`Config::check_resources`]).
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    pub limits: crate::cgroup::Limits,
+    /// (controller, where its key was written), in the order written.
+    sites: Vec<(&'static str, Site)>,
+}
+
+/// Moving a line is not a change that restarts a program on reload.
+impl PartialEq for Resources {
+    fn eq(&self, other: &Resources) -> bool {
+        self.limits == other.limits
+    }
+}
+
+impl Eq for Resources {}
+
+impl Checker<'_> {
+    fn resources(&self, raw: Option<&Spanned<RawResources>>, key: &str) -> Result<Resources, ConfigError> {
+        let mut r = Resources::default();
+        let Some(raw) = raw else { return Ok(r) };
+        let raw = &raw.value;
+        let mut site = |controller: &'static str, at: &serde_saphyr::Location| {
+            r.sites.push((
+                controller,
+                Site {
+                    file: self.file.to_owned(),
+                    at: *at,
+                    key: format!("{key}.{controller}"),
+                },
+            ));
+        };
+        if let Some(m) = &raw.memory {
+            match parse_size(&m.value.0) {
+                Some(n) if n >= 4096 => r.limits.memory = Some(n),
+                _ => {
+                    return self.err(
+                        &m.referenced,
+                        &format!("{key}.memory"),
+                        format!(
+                            "invalid memory limit {:?} (write it like 512MiB or 2GiB; at least 4KiB)",
+                            m.value.0
+                        ),
+                    );
+                }
+            }
+            site("memory", &m.referenced);
+        }
+        if let Some(c) = &raw.cpu {
+            match parse_cpu(&c.value.0) {
+                Some(millis) => r.limits.cpu_millis = Some(millis),
+                None => {
+                    return self.err(
+                        &c.referenced,
+                        &format!("{key}.cpu"),
+                        format!(
+                            "invalid cpu limit {:?} (a number of cores like 0.5, 1.5 or 2, or millicores like 500m; at least 0.01)",
+                            c.value.0
+                        ),
+                    );
+                }
+            }
+            site("cpu", &c.referenced);
+        }
+        if let Some(p) = &raw.pids {
+            match p.value.0.trim().parse::<u64>() {
+                Ok(n) if n >= 1 => r.limits.pids = Some(n),
+                _ => {
+                    return self.err(
+                        &p.referenced,
+                        &format!("{key}.pids"),
+                        format!("invalid pids limit {:?} (a number of processes, at least 1)", p.value.0),
+                    );
+                }
+            }
+            site("pids", &p.referenced);
+        }
+        // Errors name the first key as written.
+        r.sites.sort_by_key(|(_, s)| (s.at.line(), s.at.column()));
+        Ok(r)
+    }
+}
+
+/// A CPU limit in thousandths of a core: `1.5` (cores) or `1500m` (millicores, as Kubernetes
+/// writes them); at least 0.01 (the kernel's smallest quota at a 100 ms period).
+pub fn parse_cpu(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let millis = match text.strip_suffix('m') {
+        Some(m) => m.parse::<u64>().ok()?,
+        None => {
+            let cores: f64 = text.parse().ok()?;
+            if !cores.is_finite() || !(0.0..=1e9).contains(&cores) {
+                return None;
+            }
+            (cores * 1000.0).round() as u64
+        }
+    };
+    (10..=1_000_000_000_000).contains(&millis).then_some(millis)
+}
+
+impl Config {
+    /// Refuses `resources:` where it cannot be kept: in proc mode, or where a controller it
+    /// needs is not enabled for procwatch's cgroups (a hybrid host keeps them in cgroup v1; a
+    /// container's cgroup delegates none). At start nothing starts; on reload the config is
+    /// refused whole. The first offending key, with its file, line and column.
+    pub fn check_resources(&self, support: &crate::cgroup::LimitSupport) -> Result<(), ConfigError> {
+        use crate::cgroup::LimitSupport;
+        for p in &self.processes {
+            for (controller, site) in &p.resources.sites {
+                match support {
+                    LimitSupport::Proc { reason } => {
+                        return site.err(format!(
+                            "resources need cgroup mode, and procwatch tracks programs in proc mode here ({reason})"
+                        ));
+                    }
+                    LimitSupport::Cgroup { controllers } if !controllers.contains(*controller) => {
+                        let have = if controllers.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            controllers.iter().cloned().collect::<Vec<_>>().join(", ")
+                        };
+                        return site.err(format!(
+                            "the {controller} controller is not available to procwatch's cgroups here \
+                             (available: {have}; a hybrid host keeps it in cgroup v1, a container's cgroup \
+                             may not delegate it): this limit cannot be kept"
+                        ));
+                    }
+                    LimitSupport::Cgroup { .. } => {}
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2875,5 +3025,99 @@ mod tests {
             }
             other => panic!("expected an error, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn resources_parse_sizes_cores_and_counts() {
+        let c = Config::parse(
+            "processes:\n  - name: a\n    command: [x]\n    resources: {memory: 512MiB, cpu: 1.5, pids: 1000}\n  - name: b\n    command: [x]\n    resources: {cpu: 250m}\n  - name: c\n    command: [x]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let l = |i: usize| c.processes[i].resources.limits;
+        assert_eq!(l(0).memory, Some(512 << 20));
+        assert_eq!(l(0).cpu_millis, Some(1500));
+        assert_eq!(l(0).pids, Some(1000));
+        assert_eq!((l(1).memory, l(1).cpu_millis, l(1).pids), (None, Some(250), None));
+        assert!(l(2).is_empty());
+        assert_eq!(parse_cpu("2"), Some(2000));
+        assert_eq!(parse_cpu("0.01"), Some(10));
+        for bad in ["0", "0.001", "-1", "nan", "inf", "1.5 cores", "", "5m"] {
+            assert_eq!(parse_cpu(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bad_resources_name_the_key_line_and_column() {
+        for (yaml, key, col) in [
+            ("resources: {memory: lots}", "processes[0].resources.memory", 25),
+            ("resources: {memory: 0}", "processes[0].resources.memory", 25),
+            ("resources: {cpu: 0}", "processes[0].resources.cpu", 22),
+            ("resources: {pids: -3}", "processes[0].resources.pids", 23),
+            ("resources: {swap: 1GiB}", "processes[0].resources", 0),
+        ] {
+            let (line, column, k, message) = err(&format!("processes:\n  - name: a\n    command: [x]\n    {yaml}\n"));
+            assert_eq!(line, 4, "{yaml}: {message}");
+            assert!(k.starts_with(key), "{yaml}: {k}");
+            if col > 0 {
+                assert_eq!(column, col, "{yaml}: {message}");
+            }
+        }
+    }
+
+    #[test]
+    fn resources_are_refused_where_they_cannot_be_kept() {
+        use crate::cgroup::LimitSupport;
+        let c = Config::parse(
+            "processes:\n  - name: a\n    command: [x]\n  - name: b\n    command: [x]\n    resources:\n      pids: 10\n      memory: 1GiB\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let proc = LimitSupport::Proc {
+            reason: "cannot write /sys/fs/cgroup".to_owned(),
+        };
+        let msg = c.check_resources(&proc).unwrap_err().to_string();
+        assert!(msg.starts_with("t.yaml:7:13: processes[1].resources.pids: "), "{msg}");
+        assert!(
+            msg.contains("proc mode") && msg.contains("cannot write /sys/fs/cgroup"),
+            "{msg}"
+        );
+        let only_pids = LimitSupport::Cgroup {
+            controllers: ["pids".to_owned()].into(),
+        };
+        let msg = c.check_resources(&only_pids).unwrap_err().to_string();
+        assert!(
+            msg.starts_with("t.yaml:8:15: processes[1].resources.memory: the memory controller"),
+            "{msg}"
+        );
+        assert!(msg.contains("available: pids"), "{msg}");
+        let all = LimitSupport::Cgroup {
+            controllers: ["memory", "cpu", "pids"].map(str::to_owned).into(),
+        };
+        c.check_resources(&all).unwrap();
+        // Without resources, any host will do.
+        let plain = Config::parse("processes:\n  - name: a\n    command: [x]\n", "t.yaml").unwrap();
+        plain.check_resources(&proc).unwrap();
+    }
+
+    #[test]
+    fn moving_resources_to_another_line_is_no_change() {
+        let a = Config::parse(
+            "processes:\n  - name: a\n    command: [x]\n    resources: {pids: 10}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let b = Config::parse(
+            "processes:\n\n  - name: a\n    resources: {pids: 10}\n    command: [x]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(a.processes, b.processes);
+        let c = Config::parse(
+            "processes:\n  - name: a\n    command: [x]\n    resources: {pids: 11}\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_ne!(a.processes, c.processes);
     }
 }

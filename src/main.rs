@@ -170,6 +170,20 @@ fn print_plan(config: &Config) {
         if let Some(cwd) = &p.cwd {
             println!("    cwd: {}", cwd.display());
         }
+        let l = p.resources.limits;
+        if !l.is_empty() {
+            let mut parts = Vec::new();
+            if let Some(m) = l.memory {
+                parts.push(format!("memory.max {m}"));
+            }
+            if l.cpu_millis.is_some() {
+                parts.push(format!("cpu.max {}", procwatch::cgroup::cpu_max(l.cpu_millis)));
+            }
+            if let Some(n) = l.pids {
+                parts.push(format!("pids.max {n}"));
+            }
+            println!("    resources: {}", parts.join(", "));
+        }
         if !p.env.is_empty() {
             let keys: Vec<&str> = p.env.keys().map(String::as_str).collect();
             println!("    env: {}", keys.join(" "));
@@ -237,6 +251,10 @@ fn run(cli: Cli) -> ExitCode {
                 eprintln!("procwatch: {err}");
                 return ExitCode::from(1);
             }
+        }
+        if let Err(err) = config.check_resources(&procwatch::cgroup::probe_limits(config.cgroup)) {
+            eprintln!("procwatch: {err}");
+            return ExitCode::from(1);
         }
         if let Some(w) = &web_config {
             let w = w.current();

@@ -663,11 +663,15 @@ fn programs(out: &mut Out<'_, '_>, g: &Gathered) -> std::fmt::Result {
     )?;
     let mut f = out.family(
         "procwatch_process_exits_total",
-        "Runs that ended, by reason: success (exit 0), failure (non-zero exit or could not start), signal.",
+        "Runs that ended, by reason: success (exit 0), failure (non-zero exit or could not start), signal, oom (the OOM killer's victim; with the memory controller).",
         Kind::Counter,
     );
     for r in progs {
         for reason in ExitReason::ALL {
+            // An OOM kill can only be told apart where the memory controller counts them.
+            if reason == ExitReason::Oom && r.memory.is_none() && r.status.exits[reason.index()] == 0 {
+                continue;
+            }
             f.sample(
                 &[("name", r.name()), ("reason", reason.as_str())],
                 r.status.exits[reason.index()],

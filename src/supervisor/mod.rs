@@ -49,11 +49,19 @@ pub enum ExitReason {
     Failure,
     /// Killed by a signal.
     Signal,
+    /// Killed by the OOM killer (SIGKILL while `oom_kill` of its cgroup's `memory.events` went
+    /// up: cgroup mode with the memory controller).
+    Oom,
 }
 
 impl ExitReason {
     /// Every reason, in the order of [`ProgramStatus::exits`].
-    pub const ALL: [ExitReason; 3] = [ExitReason::Success, ExitReason::Failure, ExitReason::Signal];
+    pub const ALL: [ExitReason; 4] = [
+        ExitReason::Success,
+        ExitReason::Failure,
+        ExitReason::Signal,
+        ExitReason::Oom,
+    ];
 
     /// Where this reason is counted in [`ProgramStatus::exits`].
     pub fn index(self) -> usize {
@@ -65,6 +73,7 @@ impl ExitReason {
             ExitReason::Success => "success",
             ExitReason::Failure => "failure",
             ExitReason::Signal => "signal",
+            ExitReason::Oom => "oom",
         }
     }
 }
@@ -133,7 +142,7 @@ pub struct ProgramStatus {
     pub state: ProgramState,
     pub restarts: u64,
     /// Runs ended, by reason, indexed by [`ExitReason::index`].
-    pub exits: [u64; 3],
+    pub exits: [u64; 4],
     pub last_exit: Option<Exit>,
     /// Actions taken by hand, indexed by [`Action::index`].
     pub control_actions: [u64; 4],
@@ -199,7 +208,7 @@ impl Program {
                 config,
                 state: ProgramState::Starting,
                 restarts: 0,
-                exits: [0; 3],
+                exits: [0; 4],
                 last_exit: None,
                 control_actions: [0; 4],
                 ready: false,
@@ -393,9 +402,9 @@ impl Supervisor {
         }
     }
 
-    /// The cgroup controllers `resources:` can use here (none in proc mode).
-    pub fn controllers(&self) -> std::collections::BTreeSet<String> {
-        self.os.tracking().controllers()
+    /// What `resources:` can use here: the mode, and the controllers in cgroup mode.
+    pub fn limit_support(&self) -> cgroup::LimitSupport {
+        self.os.tracking().limit_support()
     }
 
     /// The handle that sends commands (start, stop, restart, signal) to programs by name.

@@ -153,11 +153,17 @@ impl Os {
             } => {
                 let program = Arc::clone(&entry.program);
                 let cgroup = self.program_cgroup(&program);
-                let result = match &cgroup {
-                    Some(Err(e)) => Err(io::Error::new(
+                // `resources:` limits before the first instruction (cgroup.rs, prepare_run).
+                let prepared = match &cgroup {
+                    Some(Ok(cg)) => cg.prepare_run(&config.resources.limits),
+                    _ => Ok(()),
+                };
+                let result = match (&cgroup, prepared) {
+                    (Some(Err(e)), _) => Err(io::Error::new(
                         e.kind(),
                         format!("cannot create the program's cgroup: {e}"),
                     )),
+                    (_, Err(e)) => Err(e),
                     _ => {
                         let cg = cgroup.as_ref().and_then(|c| c.as_ref().ok());
                         let procs = cg.and_then(|c| c.procs_fd().ok());
@@ -352,6 +358,10 @@ impl Os {
             match entry {
                 Some(entry) => {
                     let p = &entry.program;
+                    // Before the runner hears of it: was it the OOM killer's victim?
+                    if let (OsEvent::MainExited { status, .. }, Some(cg)) = (&event, p.cgroup()) {
+                        cg.note_main_exit(*status);
+                    }
                     p.reaped_user_us.fetch_add(micros(ru.ru_utime), Ordering::Relaxed);
                     p.reaped_system_us.fetch_add(micros(ru.ru_stime), Ordering::Relaxed);
                     p.add_reaped_rusage(&ru);

@@ -495,7 +495,10 @@ impl Runner {
     }
 
     /// The main process ended by itself.
-    async fn exited(&mut self, pid: i32, exit: Exit, run: &output::Run) -> RunEnd {
+    async fn exited(&mut self, pid: i32, mut exit: Exit, run: &output::Run) -> RunEnd {
+        if self.entry.program.cgroup().is_some_and(|cg| cg.take_oom()) {
+            exit.reason = ExitReason::Oom;
+        }
         self.record_exit(exit);
         self.publish(ProgramState::BackingOff {
             until: SystemTime::now(),
