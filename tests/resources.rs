@@ -7,7 +7,6 @@
 
 mod util;
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -24,15 +23,6 @@ fn args(config: &str) -> [&str; 6] {
         "--control.socket",
         "none",
     ]
-}
-
-/// The resource controllers a procwatch started by this test gets for its programs: it shares
-/// the test's cgroup, so it works in `<own>/procwatch-<PID>/`, whose controllers are what
-/// `<own>` enables for its children. `None` where cgroup v2 cannot be used here at all.
-fn controllers_here() -> Option<BTreeSet<String>> {
-    let loc = procwatch::cgroup::locate().ok()?;
-    let text = std::fs::read_to_string(loc.own.join("cgroup.subtree_control")).ok()?;
-    Some(text.split_whitespace().map(str::to_owned).collect())
 }
 
 /// The `programs in PATH` of the tracking line.
@@ -87,7 +77,7 @@ fn resources_in_proc_mode_are_refused_and_nothing_starts() {
 /// procwatch had made are gone when it exits.
 #[test]
 fn resources_without_the_controller_are_refused_at_start() {
-    let Some(controllers) = controllers_here() else {
+    let Some(controllers) = util::cgroup_controllers_here() else {
         eprintln!("SKIPPED: no usable cgroup v2 here; the proc-mode refusal is tested instead");
         return;
     };
@@ -175,7 +165,7 @@ fn cgroup_of(pid: i32) -> PathBuf {
 /// reload that removes them puts `max` back.
 #[test]
 fn resources_are_written_before_the_program_starts() {
-    let have = controllers_here().unwrap_or_default();
+    let have = util::cgroup_controllers_here().unwrap_or_default();
     let missing: Vec<&str> = ["memory", "cpu", "pids"]
         .into_iter()
         .filter(|c| !have.contains(*c))
@@ -221,7 +211,7 @@ fn resources_are_written_before_the_program_starts() {
 /// killer's victim, counted in oom_kills_total and as an exit with reason="oom".
 #[test]
 fn an_oom_kill_is_counted_and_told_apart() {
-    if !controllers_here().unwrap_or_default().contains("memory") {
+    if !util::cgroup_controllers_here().unwrap_or_default().contains("memory") {
         eprintln!(
             "SKIPPED: the live OOM test needs the memory controller in procwatch's cgroups, which this host does not offer (a hybrid host keeps it in cgroup v1); the memory.events parsing and the OOM decision are tested from fixtures (cgroup::tests)"
         );

@@ -457,3 +457,13 @@ pub fn ctl_with(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// The resource controllers (memory, cpu, pids...) a procwatch started by a test gets for its
+/// programs: it shares the test's cgroup, so it works in `<own>/procwatch-<PID>/`, whose
+/// controllers are what `<own>` enables for its children. `None` where cgroup v2 cannot be
+/// used here at all. (This host's hybrid hierarchy: none; memory, cpu and pids stay in v1.)
+pub fn cgroup_controllers_here() -> Option<std::collections::BTreeSet<String>> {
+    let loc = procwatch::cgroup::locate().ok()?;
+    let text = std::fs::read_to_string(loc.own.join("cgroup.subtree_control")).ok()?;
+    Some(text.split_whitespace().map(str::to_owned).collect())
+}
