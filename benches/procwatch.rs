@@ -109,27 +109,61 @@ fn output_throughput(quick: bool, clk: f64) {
     pw.stop();
 }
 
-/// 1000 programs that each wrote more than their ring holds: procwatch's RSS with every ring full.
+/// 1000 programs that each wrote more than their ring holds (300 log lines of about 95 bytes,
+/// with times, ids and numbers that vary, as servers write), beside the same 1000 programs
+/// silent, in the same run: procwatch's RSS with every ring full, and what the rings add.
 fn output_rings(quick: bool) {
     let n = if quick { 300 } else { 1000 };
-    let mut yaml = String::from("status_interval: 0\nshutdown_timeout: 60s\nprocesses:\n");
-    for i in 0..n {
-        yaml.push_str(&format!(
-            "  - name: p{i}\n    command: [sh, -c, 'yes \"a line of output of about seventy characters, as programs write\" | head -n 300; exec sleep 100000']\n"
-        ));
-    }
-    let pw = Pw::start(&yaml, &[]);
-    wait(Duration::from_secs(120), || {
-        let b = pw.get("/metrics");
-        (sum(&b, "procwatch_process_log_lines_total{") as usize == n * 300).then_some(())
-    });
-    // Two scrapes in, as the scrape table measures.
-    pw.get("/metrics");
+    let lines = 300;
+    let mut kept = 0;
+    let mut rss = |talk: bool| {
+        let mut yaml = String::from("status_interval: 0\nshutdown_timeout: 60s\nprocesses:\n");
+        for i in 0..n {
+            let write = if talk {
+                format!(
+                    "awk 'BEGIN{{srand({i}); for(i=0;i<{lines};i++) printf \"2026-11-27T19:%02d:%02d.%03dZ INFO request id=%08x path=/api/v1/items/%d status=%d took=%dms\\n\", i/60%60, i%60, int(rand()*1000), int(rand()*4294967295), int(rand()*10000), (rand()<0.8?200:500), int(rand()*300)}}'; "
+                )
+            } else {
+                String::new()
+            };
+            yaml.push_str(&format!(
+                "  - name: p{i}\n    command: [sh, -c, \"{}exec sleep 100000\"]\n",
+                write.replace('\\', "\\\\").replace('"', "\\\"")
+            ));
+        }
+        let pw = Pw::start(&yaml, &[]);
+        let want = if talk { n * lines } else { 0 };
+        wait(Duration::from_secs(300), || {
+            let b = pw.get("/metrics");
+            (sum(&b, "procwatch_process_up{") as usize == n
+                && sum(&b, "procwatch_process_log_lines_total{") as usize == want)
+                .then_some(())
+        });
+        // Past the rings' compaction (quiet for 5 s, then the next pass), two scrapes in, as
+        // the scrape table measures.
+        std::thread::sleep(Duration::from_secs(7));
+        pw.get("/metrics");
+        pw.get("/metrics");
+        let rss = pw.rss();
+        if talk {
+            // A ring serves its last lines (at least 8 KiB of them), the newest last.
+            let body = pw.get("/api/v1/programs/p7/logs?lines=1000");
+            kept = body.matches("\"text\"").count();
+            assert!(kept >= 8192 / 100, "{body}");
+            assert!(body.contains(&format!("{{\"seq\":{},", lines - 1)), "{body}");
+        }
+        pw.stop();
+        rss
+    };
+    let silent = rss(false);
+    let full = rss(true);
     println!(
-        "output rings: {n} programs with full rings (300 lines of 70 bytes each written): RSS {:.1} MiB",
-        pw.rss() as f64 / 1048576.0
+        "output rings: {n} programs with full rings ({lines} log lines of ~95 bytes each written): RSS {:.1} MiB; the same {n} programs silent: {:.1} MiB; the rings add {:.2} KiB per program, and hold {kept} lines each (load average {})",
+        full as f64 / 1048576.0,
+        silent as f64 / 1048576.0,
+        (full as f64 - silent as f64) / 1024.0 / n as f64,
+        loadavg()
     );
-    pw.stop();
 }
 
 fn scrapes(quick: bool, clk: f64, only: &[usize]) {
@@ -1229,6 +1263,13 @@ fn process_cpu() -> Duration {
     // SAFETY: `ts` is a valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// The 1-, 5- and 15-minute load averages, to print beside a figure.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|t| t.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn clk_tck() -> f64 {

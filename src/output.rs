@@ -26,8 +26,9 @@ use crate::config::{FileOutput, OutputConfig};
 /// A line longer than this is cut here; the rest, up to its newline, is dropped and the cut is
 /// counted (`procwatch_process_log_truncated_lines_total`). Docker's log drivers split at 16 KiB too.
 pub const MAX_LINE: usize = 16 * 1024;
-/// The last lines of each program, at most this many bytes (text plus an 11-byte header per
-/// line): about 100 lines of 70 characters, and 8 MiB for 1000 programs that all talk.
+/// The last lines of each program: at least this many bytes of them (text plus a 3- or 4-byte
+/// header per line), about 110 lines of 70 characters. Held deflated in chunks once written
+/// (see [`Ring`]): 2 to 3 KiB for a full ring of log lines.
 pub const RING_BYTES: usize = 8 * 1024;
 /// Longest text kept in the ring per line (the full line still goes to stdout or the file).
 const RING_LINE: usize = 2 * 1024;
@@ -241,73 +242,276 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 // ---- the ring of last lines ----
 
-/// Record: time in ms (8 bytes LE), stream (1), text length (2 LE), text.
-const HEADER: usize = 11;
+/// A ring's lines are kept in chunks of at most this many bytes of records: a ring costs what
+/// it holds, and a chunk that is no longer written is deflated as a whole.
+const CHUNK: usize = 2 * 1024;
+/// A chunk still taking lines is deflated once its program has been quiet this long (and it
+/// holds at least [`QUIET_MIN`] bytes; smaller ones are only trimmed to their size).
+const QUIET: Duration = Duration::from_secs(5);
+const QUIET_MIN: usize = 512;
+/// A record's header: two varints of at most 10 bytes each.
+const MAX_HEADER: usize = 20;
+/// Bytes of a ring deflated on the read path per second, at most (see [`Ring::seal_behind`]).
+const READ_PATH_DEFLATE: usize = 64 * 1024;
+/// How often the reader thread compacts the rings written since its last pass.
+const COMPACT_EVERY: Duration = Duration::from_secs(1);
+/// A compaction pass that gave back this much returns the free memory to the system.
+#[cfg(target_env = "gnu")]
+const TRIM_AFTER: usize = 256 * 1024;
 
-/// The last lines of a program in one bounded byte buffer: no allocation per line.
+/// The last lines of a program: at least [`RING_BYTES`] of records, in chunks of up to
+/// [`CHUNK`] bytes, oldest first. A record is the line's time (ms after its chunk's first line,
+/// zigzag varint), its length and stream (varint), and its text: 3 or 4 bytes of header.
+/// Lines are written into the last chunk; chunks behind it are deflated by [`Ring::compact`]
+/// (the reader thread, off the reading path), to about a quarter of their size for log lines.
 #[derive(Debug, Default)]
 struct Ring {
-    buf: VecDeque<u8>,
-    /// Lines held; they are the last `count` of `next_seq`.
-    count: usize,
+    chunks: VecDeque<Chunk>,
+    /// Bytes of records in all chunks (before deflating).
+    raw: usize,
     next_seq: u64,
+    last_ms: u64,
+    /// In the reader thread's list of rings to compact.
+    listed: bool,
+    /// Bytes deflated on the read path in the second since `budget_since` (ms).
+    budget_since: u64,
+    budget_used: usize,
+}
+
+/// Deflates ring chunks: kept by the reader thread (deflate's tables take about 300 KiB).
+struct Deflater {
+    z: flate2::Compress,
+    scratch: Vec<u8>,
+}
+
+impl Deflater {
+    fn new() -> Deflater {
+        Deflater {
+            z: flate2::Compress::new(flate2::Compression::fast(), false),
+            scratch: Vec::with_capacity(CHUNK + RING_LINE + MAX_HEADER),
+        }
+    }
+
+    /// Replaces a chunk's records with the same deflated (or as they are, where deflating does
+    /// not make them smaller), in an allocation of exactly their size.
+    fn seal(&mut self, chunk: &mut Chunk, freed: &mut usize) {
+        let ChunkData::Open(buf) = &chunk.data else { return };
+        self.z.reset();
+        self.scratch.clear();
+        let data = match self
+            .z
+            .compress_vec(buf, &mut self.scratch, flate2::FlushCompress::Finish)
+        {
+            Ok(flate2::Status::StreamEnd) if self.scratch.len() < buf.len() => {
+                ChunkData::Deflated(Box::from(&self.scratch[..]))
+            }
+            _ => ChunkData::Stored(Box::from(&buf[..])),
+        };
+        let kept = match &data {
+            ChunkData::Stored(b) | ChunkData::Deflated(b) => b.len(),
+            ChunkData::Open(_) => 0,
+        };
+        *freed += buf.capacity().saturating_sub(kept);
+        chunk.data = data;
+    }
+}
+
+#[derive(Debug)]
+struct Chunk {
+    first_seq: u64,
+    lines: u32,
+    base_ms: u64,
+    raw_len: usize,
+    data: ChunkData,
+}
+
+#[derive(Debug)]
+enum ChunkData {
+    /// Records as written: the last chunk, and chunks not compacted yet.
+    Open(Vec<u8>),
+    /// Records that did not get smaller by deflating.
+    Stored(Box<[u8]>),
+    Deflated(Box<[u8]>),
+}
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push(v as u8 | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn get_varint(buf: &[u8], at: &mut usize) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let b = *buf.get(*at)?;
+        *at += 1;
+        v |= u64::from(b & 0x7f) << shift;
+        if b < 0x80 {
+            return Some(v);
+        }
+    }
+    None
+}
+
+impl Chunk {
+    /// The chunk's records, inflated if need be.
+    fn records(&self) -> std::borrow::Cow<'_, [u8]> {
+        match &self.data {
+            ChunkData::Open(v) => v.as_slice().into(),
+            ChunkData::Stored(b) => (&b[..]).into(),
+            ChunkData::Deflated(b) => {
+                let mut out = Vec::with_capacity(self.raw_len);
+                let mut inflate = flate2::Decompress::new(false);
+                match inflate.decompress_vec(b, &mut out, flate2::FlushDecompress::Finish) {
+                    Ok(_) if out.len() == self.raw_len => out.into(),
+                    // Cannot happen (we deflated it); the lines are lost rather than wrong.
+                    _ => Vec::new().into(),
+                }
+            }
+        }
+    }
+
+    /// Appends this chunk's lines to `out`.
+    fn decode(&self, out: &mut Vec<LogLine>) {
+        let records = self.records();
+        let (mut at, mut seq) = (0, self.first_seq);
+        while at < records.len() {
+            let (Some(dt), Some(ls)) = (get_varint(&records, &mut at), get_varint(&records, &mut at)) else {
+                return;
+            };
+            let len = (ls >> 1) as usize;
+            let Some(text) = records.get(at..at + len) else { return };
+            at += len;
+            // Zigzag: the wall clock may step back between two lines.
+            let dt = (dt >> 1) as i64 ^ -((dt & 1) as i64);
+            out.push(LogLine {
+                seq,
+                time: UNIX_EPOCH + Duration::from_millis(self.base_ms.saturating_add_signed(dt)),
+                stream: if ls & 1 == 0 { Stream::Stdout } else { Stream::Stderr },
+                text: String::from_utf8_lossy(text).into_owned(),
+            });
+            seq += 1;
+        }
+    }
 }
 
 impl Ring {
     fn push(&mut self, time_ms: u64, stream: Stream, text: &[u8]) {
         let text = &text[..text.len().min(RING_LINE)];
-        let need = HEADER + text.len();
-        while self.count > 0 && self.buf.len() + need > RING_BYTES {
-            let len = u16::from_le_bytes([self.buf[9], self.buf[10]]) as usize;
-            self.buf.drain(..HEADER + len);
-            self.count -= 1;
+        let fits = |c: &Chunk| matches!(&c.data, ChunkData::Open(v) if v.len() + MAX_HEADER + text.len() <= CHUNK);
+        if !self.chunks.back().is_some_and(fits) {
+            self.chunks.push_back(Chunk {
+                first_seq: self.next_seq,
+                lines: 0,
+                base_ms: time_ms,
+                raw_len: 0,
+                // A program's first chunk grows with what it holds; once it has filled one,
+                // the next is made whole at once (no reallocation while it fills).
+                data: ChunkData::Open(match self.chunks.is_empty() {
+                    true => Vec::new(),
+                    false => Vec::with_capacity(CHUNK),
+                }),
+            });
         }
-        if self.buf.capacity() < RING_BYTES {
-            // One allocation per program, the first time it writes.
-            self.buf.reserve_exact(RING_BYTES - self.buf.len());
+        let Some(chunk) = self.chunks.back_mut() else {
+            unreachable!()
+        };
+        let ChunkData::Open(buf) = &mut chunk.data else {
+            unreachable!()
+        };
+        let before = buf.len();
+        let need = MAX_HEADER + text.len();
+        if buf.capacity() - buf.len() < need {
+            // Doubling, but never past the chunk's bound: capacity stays near what is held.
+            let want = (buf.capacity() * 2).clamp(before + need, CHUNK.max(before + need));
+            buf.reserve_exact(want - before);
         }
-        self.buf.extend(time_ms.to_le_bytes());
-        self.buf.push_back(stream as u8);
-        self.buf.extend((text.len() as u16).to_le_bytes());
-        self.buf.extend(text);
-        self.count += 1;
+        let dt = time_ms as i64 - chunk.base_ms as i64;
+        put_varint(buf, ((dt << 1) ^ (dt >> 63)) as u64);
+        put_varint(buf, (text.len() as u64) << 1 | stream.index() as u64);
+        buf.extend_from_slice(text);
+        let added = buf.len() - before;
+        chunk.raw_len += added;
+        chunk.lines += 1;
+        self.raw += added;
         self.next_seq += 1;
+        self.last_ms = time_ms;
+        // Drop the oldest chunks while the rest still hold RING_BYTES.
+        while self.chunks.len() > 1 && self.raw - self.chunks[0].raw_len >= RING_BYTES {
+            if let Some(old) = self.chunks.pop_front() {
+                self.raw -= old.raw_len;
+            }
+        }
+    }
+
+    /// Deflates the chunks behind the last one, at most [`READ_PATH_DEFLATE`] bytes of them a
+    /// second: called by the reader as soon as it has read everything a program wrote, so that
+    /// a burst of output (every program at start-up) leaves deflated chunks rather than a peak
+    /// of raw ones in the heap; a flood (whose chunks are dropped as fast as they fill) costs
+    /// at most that much deflating a second. The rest waits for [`Ring::compact`].
+    fn seal_behind(&mut self, now_ms: u64, deflater: &mut Deflater, freed: &mut usize) {
+        if now_ms.saturating_sub(self.budget_since) >= 1000 {
+            (self.budget_since, self.budget_used) = (now_ms, 0);
+        }
+        let last = self.chunks.len().saturating_sub(1);
+        for chunk in self.chunks.iter_mut().take(last) {
+            if let ChunkData::Open(_) = chunk.data {
+                if self.budget_used + chunk.raw_len > READ_PATH_DEFLATE {
+                    return;
+                }
+                self.budget_used += chunk.raw_len;
+                deflater.seal(chunk, freed);
+            }
+        }
+    }
+
+    /// Deflates the chunks no longer written, and the last one once the program has been quiet
+    /// for [`QUIET`]; true while there is more to do later (the last chunk is not quiet yet).
+    /// Adds the bytes it gave back to `freed`.
+    fn compact(&mut self, now_ms: u64, deflater: &mut Deflater, freed: &mut usize) -> bool {
+        let quiet = now_ms.saturating_sub(self.last_ms) >= QUIET.as_millis() as u64;
+        let last = self.chunks.len().saturating_sub(1);
+        for (i, chunk) in self.chunks.iter_mut().enumerate() {
+            let ChunkData::Open(buf) = &mut chunk.data else {
+                continue;
+            };
+            if i < last || (quiet && buf.len() >= QUIET_MIN) {
+                deflater.seal(chunk, freed);
+            } else if quiet {
+                *freed += buf.capacity() - buf.len();
+                buf.shrink_to_fit();
+            }
+        }
+        !quiet
     }
 
     /// The last `n` lines that pass `keep`, oldest first.
     fn lines(&self, n: usize, keep: impl Fn(&LogLine) -> bool) -> Vec<LogLine> {
-        let mut all = Vec::with_capacity(self.count);
-        let mut at = 0;
-        let mut seq = self.next_seq - self.count as u64;
-        let (a, b) = self.buf.as_slices();
-        let byte = |i: usize| if i < a.len() { a[i] } else { b[i - a.len()] };
-        while at < self.buf.len() {
-            let mut ms = [0u8; 8];
-            for (k, m) in ms.iter_mut().enumerate() {
-                *m = byte(at + k);
-            }
-            let stream = if byte(at + 8) == 0 {
-                Stream::Stdout
-            } else {
-                Stream::Stderr
-            };
-            let len = u16::from_le_bytes([byte(at + 9), byte(at + 10)]) as usize;
-            let text: Vec<u8> = (at + HEADER..at + HEADER + len).map(byte).collect();
-            let line = LogLine {
-                seq,
-                time: UNIX_EPOCH + Duration::from_millis(u64::from_le_bytes(ms)),
-                stream,
-                text: String::from_utf8_lossy(&text).into_owned(),
-            };
-            if keep(&line) {
-                all.push(line);
-            }
-            at += HEADER + len;
-            seq += 1;
+        let mut all = Vec::new();
+        for chunk in &self.chunks {
+            chunk.decode(&mut all);
         }
+        all.retain(|l| keep(l));
         let skip = all.len().saturating_sub(n);
         all.drain(..skip);
         all
+    }
+
+    /// Bytes the ring takes on the heap (its chunks' buffers), for tests and the benchmark.
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.chunks
+            .iter()
+            .map(|c| {
+                std::mem::size_of::<Chunk>()
+                    + match &c.data {
+                        ChunkData::Open(v) => v.capacity(),
+                        ChunkData::Stored(b) | ChunkData::Deflated(b) => b.len(),
+                    }
+            })
+            .sum()
     }
 }
 
@@ -783,6 +987,9 @@ impl Output {
             pipes: HashMap::new(),
             parked: Vec::new(),
             next_token: 0,
+            untidy: Vec::new(),
+            next_compact: Instant::now(),
+            deflater: None,
         };
         std::thread::Builder::new()
             .name("procwatch-output".into())
@@ -908,6 +1115,11 @@ struct Reader {
     /// Pipes waiting for room in the stdout sink (not armed in epoll meanwhile).
     parked: Vec<u64>,
     next_token: u64,
+    /// Programs whose rings have lines to compact, and when the next pass is due.
+    untidy: Vec<Arc<ProgramOutput>>,
+    next_compact: Instant,
+    /// Made at the first compaction and kept.
+    deflater: Option<Deflater>,
 }
 
 const ARM: u32 = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
@@ -918,15 +1130,24 @@ impl Reader {
         let mut buf = vec![0u8; READ_CHUNK];
         let mut out = Vec::with_capacity(READ_CHUNK * 2);
         loop {
+            let timeout = if self.untidy.is_empty() {
+                -1
+            } else {
+                let left = self.next_compact.saturating_duration_since(Instant::now());
+                left.as_millis().min(i32::MAX as u128) as i32
+            };
             // SAFETY: a valid buffer of epoll_events.
             let n = unsafe {
                 libc::epoll_wait(
                     self.shared.epoll.as_raw_fd(),
                     events.as_mut_ptr(),
                     events.len() as i32,
-                    -1,
+                    timeout,
                 )
             };
+            if !self.untidy.is_empty() && Instant::now() >= self.next_compact {
+                self.compact();
+            }
             if n < 0 {
                 if io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
                     tracing::error!(error = %io::Error::last_os_error(), "epoll_wait failed; output capture stops");
@@ -943,6 +1164,27 @@ impl Reader {
                 }
             }
         }
+    }
+
+    /// Compacts the rings written since the last pass (one lock each; no I/O).
+    fn compact(&mut self) {
+        let deflater = self.deflater.get_or_insert_with(Deflater::new);
+        let now_ms = unix_ms(SystemTime::now());
+        let mut freed = 0;
+        self.untidy.retain(|program| {
+            let mut ring = lock(&program.ring);
+            ring.listed = ring.compact(now_ms, deflater, &mut freed);
+            ring.listed
+        });
+        // The chunks given back lie between others in the reader thread's heap, which malloc
+        // does not return to the system by itself: after a burst (1000 programs writing at
+        // start-up), RSS would stay at its peak. malloc_trim(3) gives back their free pages.
+        #[cfg(target_env = "gnu")]
+        if freed >= TRIM_AFTER {
+            // SAFETY: no preconditions.
+            unsafe { libc::malloc_trim(0) };
+        }
+        self.next_compact = Instant::now() + COMPACT_EVERY;
     }
 
     fn woken(&mut self) {
@@ -1027,6 +1269,8 @@ impl Reader {
             p.column = (width, format!("{:<width$} | ", p.program.name).into_bytes());
         }
         let column: &[u8] = if p.prefix { &p.column.1 } else { &[] };
+        // Everything the program wrote so far is read (or it is gone).
+        let drained = chunk.len() < buf.len();
         out.clear();
         let program = &p.program;
         let stream = p.stream;
@@ -1034,6 +1278,7 @@ impl Reader {
         let now_ms = unix_ms(now);
         let mut lines = 0u64;
         let mut cut = 0u64;
+        let mut listed = false;
         {
             let mut ring = lock(&program.ring);
             let follow = program.n_followers.load(Ordering::Relaxed) > 0;
@@ -1064,12 +1309,26 @@ impl Reader {
             } else {
                 p.framer.feed(chunk, &mut emit);
             }
+            if drained && ring.chunks.len() > 1 {
+                let deflater = self.deflater.get_or_insert_with(Deflater::new);
+                ring.seal_behind(now_ms, deflater, &mut 0);
+            }
+            if lines > 0 && !ring.listed {
+                ring.listed = true;
+                listed = true;
+            }
             if let Some(fs) = followers.as_mut()
                 && fs.iter().any(|f| f.tx.is_closed())
             {
                 fs.retain(|f| !f.tx.is_closed());
                 program.n_followers.store(fs.len(), Ordering::Relaxed);
             }
+        }
+        if listed {
+            if self.untidy.is_empty() {
+                self.next_compact = Instant::now() + COMPACT_EVERY;
+            }
+            self.untidy.push(Arc::clone(program));
         }
         let i = stream.index();
         program.bytes[i].fetch_add(chunk.len() as u64, Ordering::Relaxed);
@@ -1153,27 +1412,132 @@ mod tests {
         assert_eq!(frame(&[&exact]), vec![(vec![b'y'; MAX_LINE], false)]);
     }
 
+    /// A log line such as servers write: a timestamp, a level, ids and numbers that vary.
+    fn log_line(i: u64) -> String {
+        let id = i.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32;
+        format!(
+            "2026-11-27T19:{:02}:{:02}.{:03}Z INFO request id={id:08x} path=/api/v1/items/{} status={} took={}ms",
+            i / 60 % 60,
+            i % 60,
+            id % 1000,
+            id % 10_000,
+            [200, 200, 404, 500][(id % 4) as usize],
+            id % 300
+        )
+    }
+
     #[test]
     fn the_ring_keeps_the_last_lines_within_its_bytes() {
         let mut r = Ring::default();
         for i in 0..1000 {
             let s = if i % 2 == 0 { Stream::Stdout } else { Stream::Stderr };
-            r.push(1, s, format!("line {i}").as_bytes());
+            r.push(1_700_000_000_000 + i, s, format!("line {i}").as_bytes());
         }
-        assert!(r.buf.len() <= RING_BYTES);
-        assert!(r.buf.capacity() <= 2 * RING_BYTES, "{}", r.buf.capacity());
+        assert!(r.raw >= RING_BYTES && r.raw <= RING_BYTES + CHUNK, "{}", r.raw);
         let last = r.lines(3, |_| true);
         let texts: Vec<&str> = last.iter().map(|l| l.text.as_str()).collect();
         assert_eq!(texts, ["line 997", "line 998", "line 999"]);
         assert_eq!(last[2].seq, 999);
         assert_eq!(last[2].stream, Stream::Stderr);
+        assert_eq!(last[2].time, UNIX_EPOCH + Duration::from_millis(1_700_000_000_999));
         let all = r.lines(usize::MAX, |_| true);
-        assert!(all.len() > 300, "{}", all.len());
+        assert!(all.len() > 700, "{}", all.len());
         assert!(all.windows(2).all(|w| w[1].seq == w[0].seq + 1));
+        assert_eq!(all.last().unwrap().seq, 999);
         // A huge line is kept cut to RING_LINE and does not break the ring.
         r.push(2, Stream::Stdout, &vec![b'z'; 10_000]);
         assert_eq!(r.lines(1, |_| true)[0].text.len(), RING_LINE);
-        assert!(r.buf.len() <= RING_BYTES);
+        assert_eq!(r.lines(2, |_| true)[0].text, "line 999");
+        // A clock that steps back is recorded as it was read.
+        assert_eq!(r.lines(1, |_| true)[0].time, UNIX_EPOCH + Duration::from_millis(2));
+        assert!(r.raw <= RING_BYTES + CHUNK + RING_LINE);
+    }
+
+    #[test]
+    fn a_ring_costs_what_it_holds() {
+        // A program that wrote two lines holds a few dozen bytes, not a ring's worth.
+        let mut r = Ring::default();
+        r.push(1, Stream::Stdout, b"starting");
+        r.push(2, Stream::Stderr, b"listening on :8080");
+        assert!(r.heap_bytes() < 256, "{}", r.heap_bytes());
+        // Full of log lines: compacted once quiet, all of it deflated, every line intact.
+        let mut r = Ring::default();
+        for i in 0..300 {
+            r.push(1_700_000_000_000 + i, Stream::Stdout, log_line(i).as_bytes());
+        }
+        let before = r.lines(usize::MAX, |_| true);
+        let raw_heap = r.heap_bytes();
+        assert!(raw_heap >= RING_BYTES, "{raw_heap}");
+        // Not quiet yet: the chunks behind the last one are deflated, the last is kept to write.
+        assert!(r.compact(1_700_000_000_300, &mut Deflater::new(), &mut 0));
+        assert!(matches!(r.chunks.back().unwrap().data, ChunkData::Open(_)));
+        assert!(
+            r.chunks
+                .iter()
+                .rev()
+                .skip(1)
+                .all(|c| matches!(c.data, ChunkData::Deflated(_)))
+        );
+        // Quiet: the last one too.
+        let quiet = 1_700_000_000_300 + QUIET.as_millis() as u64;
+        assert!(!r.compact(quiet, &mut Deflater::new(), &mut 0));
+        assert!(r.chunks.iter().all(|c| matches!(c.data, ChunkData::Deflated(_))));
+        assert_eq!(r.lines(usize::MAX, |_| true), before);
+        assert!(r.heap_bytes() * 3 < raw_heap, "{} of {raw_heap}", r.heap_bytes());
+        // Lines after that go into a new chunk, and every line reads back in order.
+        r.push(1_700_000_009_000, Stream::Stderr, b"after");
+        let after = r.lines(2, |_| true);
+        assert_eq!(after[0], *before.last().unwrap());
+        assert_eq!((after[1].text.as_str(), after[1].seq), ("after", 300));
+        assert_eq!(r.lines(5, |l| l.stream == Stream::Stderr).len(), 1);
+    }
+
+    #[test]
+    fn the_read_path_deflates_at_most_its_budget_a_second() {
+        let mut r = Ring::default();
+        let mut d = Deflater::new();
+        let t = 1_700_000_000_000;
+        // A burst: sealed as soon as it is read, all but the chunk being written.
+        for i in 0..300 {
+            r.push(t, Stream::Stdout, log_line(i).as_bytes());
+        }
+        r.seal_behind(t, &mut d, &mut 0);
+        let open = |r: &Ring| r.chunks.iter().filter(|c| matches!(c.data, ChunkData::Open(_))).count();
+        assert_eq!(open(&r), 1);
+        // A flood within the same second: past the budget, chunks wait for the compaction.
+        for i in 0..2000 {
+            r.push(t + 1, Stream::Stdout, log_line(i).as_bytes());
+            r.seal_behind(t + 1, &mut d, &mut 0);
+        }
+        assert!(r.budget_used <= READ_PATH_DEFLATE);
+        assert!(open(&r) > 1, "{}", open(&r));
+        // The next second has a budget again.
+        r.seal_behind(t + 1000, &mut d, &mut 0);
+        assert_eq!(open(&r), 1);
+        assert_eq!(r.lines(1, |_| true)[0].text, log_line(1999));
+    }
+
+    #[test]
+    fn lines_that_do_not_deflate_are_stored_as_they_are() {
+        let mut r = Ring::default();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        // 32 lines a chunk: the last one holds 14, more than QUIET_MIN bytes.
+        for i in 0..110 {
+            // Random bytes (xorshift): deflate cannot shrink them.
+            let text: Vec<u8> = (0..60)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x >> 24) as u8
+                })
+                .collect();
+            r.push(i, Stream::Stdout, &text);
+        }
+        let before = r.lines(usize::MAX, |_| true);
+        r.compact(1_000_000, &mut Deflater::new(), &mut 0);
+        assert!(r.chunks.iter().all(|c| !matches!(c.data, ChunkData::Open(_))));
+        assert_eq!(r.lines(usize::MAX, |_| true), before);
     }
 
     #[test]
