@@ -484,3 +484,106 @@ fn a_dependency_cycle_is_refused_with_its_position() {
         "{stderr}"
     );
 }
+
+/// The READY column of the status table in `text` (the last report in it): program -> (state, ready).
+fn ready_column(text: &str) -> std::collections::HashMap<String, (String, String)> {
+    let last = text.rsplit("procwatch status:").next().unwrap_or_default();
+    last.lines()
+        .skip_while(|l| !l.trim_start().starts_with("NAME"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  ") && !l.trim_start().starts_with("WATCH"))
+        .filter_map(|l| {
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            Some((
+                cols.first()?.to_string(),
+                (cols.get(1)?.to_string(), cols.get(2)?.to_string()),
+            ))
+        })
+        .collect()
+}
+
+#[test]
+fn readiness_shows_in_the_status_report_and_ctl_status() {
+    let m = marker("ready-status");
+    let pw = Procwatch::start_marked(
+        "status_interval: 200ms
+processes:
+  - name: gated
+    command: [sleep, '600']
+    readiness: {exec: [test, -e, ready-flag], period: 100ms, failure_threshold: 1}
+  - name: plain
+    command: [sleep, '600']
+  - name: oneshot
+    command: ['true']
+    restart: never
+",
+        &[],
+        &m,
+    );
+    pw.wait_scrape(T, "gated failing its probe, plain up, oneshot done", |s| {
+        s.get(
+            "procwatch_probe_failures_total",
+            &[("name", "gated"), ("probe", "readiness")],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+            && s.prog("procwatch_process_up", "plain") == Some(1.0)
+            && s.get(
+                "procwatch_process_exits_total",
+                &[("name", "oneshot"), ("reason", "success")],
+            ) == Some(1.0)
+    });
+    let expect = |ready_gated: &str| {
+        [
+            ("gated", ("running", ready_gated)),
+            ("plain", ("running", "yes")),
+            ("oneshot", ("stopped", "no")),
+        ]
+        .into_iter()
+        .map(|(n, (s, r))| (n.to_owned(), (s.to_owned(), r.to_owned())))
+        .collect::<std::collections::HashMap<_, _>>()
+    };
+    let json_ready = |pw: &Procwatch| -> Vec<(String, bool)> {
+        let (code, out, err) = pw.ctl(&["status", "-o", "json"]);
+        assert_eq!(code, 0, "{err}");
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let mut got: Vec<(String, bool)> = v["programs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap().to_owned(), p["ready"].as_bool().unwrap()))
+            .collect();
+        got.sort();
+        got
+    };
+    for ready_gated in ["no", "yes"] {
+        // `ctl status`, as a table and as JSON.
+        let (code, out, err) = pw.ctl(&["status"]);
+        assert_eq!(code, 0, "{err}");
+        assert_eq!(ready_column(&out), expect(ready_gated), "{out}");
+        let gated = ready_gated == "yes";
+        assert_eq!(
+            json_ready(&pw),
+            [
+                ("gated".to_owned(), gated),
+                ("oneshot".to_owned(), false),
+                ("plain".to_owned(), true)
+            ]
+        );
+        // The periodic report on stdout: a report made from now on says the same.
+        let from = pw.stdout().len();
+        wait_for(T, "a status report with the expected readiness", || {
+            let text = pw.stdout();
+            let report = &text[from.min(text.len())..];
+            // The last report may be half written: look at the one before it, if complete.
+            let complete = report.rsplit_once("procwatch status:").map(|(before, _)| before)?;
+            (complete.contains("procwatch status:") && ready_column(complete) == expect(ready_gated)).then_some(())
+        });
+        if !gated {
+            std::fs::write(pw.path("ready-flag"), "").unwrap();
+            pw.wait_scrape(T, "gated to be ready", |s| {
+                s.prog("procwatch_process_ready", "gated") == Some(1.0)
+            });
+        }
+    }
+}
