@@ -177,13 +177,21 @@ fn resources_are_written_before_the_program_starts() {
         );
         return;
     }
-    // The program prints its own limits as its first act: they were there before it ran.
+    let yaml = "processes:\n  - name: web\n    command: [sh, -c, 'exec sleep 600']\n    resources: {memory: 64MiB, cpu: 0.5, pids: 100}\n";
     let m = marker("res-live");
-    let pw = Procwatch::start_marked(
-        "processes:\n  - name: web\n    command: [sh, -c, 'cat /proc/self/cgroup > seen; exec sleep 600']\n    resources: {memory: 64MiB, cpu: 0.5, pids: 100}\n",
-        &[],
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), yaml);
+    let (code, stdout, stderr) = run_to_end(
+        &["--check-config", "--config", config.to_str().unwrap()],
+        dir.path(),
         &m,
     );
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("    resources: memory.max 67108864, cpu.max 50000 100000, pids.max 100"),
+        "{stdout}"
+    );
+    let pw = Procwatch::start_marked(yaml, &[], &m);
     let s = pw.wait_scrape(T, "web up", |s| s.prog("procwatch_process_up", "web") == Some(1.0));
     let pid = s.prog("procwatch_process_pid", "web").unwrap() as i32;
     let cg = cgroup_of(pid);
