@@ -215,6 +215,8 @@ fn the_dashboard_is_portable_and_complete() {
         "procwatch_process_memory_bytes",
         "procwatch_process_memory_peak_bytes",
         "procwatch_process_memory_max_bytes",
+        "procwatch_process_pressure_waiting_seconds_total",
+        "procwatch_process_pressure_stalled_seconds_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
     ] {
@@ -376,11 +378,18 @@ const MEMORY_CONTROLLER_FAMILIES: [&str; 4] = [
     "procwatch_process_oom_kills_total",
 ];
 
-/// The family of that list which `expr` asks for and the procwatch that gave `scrape` does not
-/// have: such a panel cannot have data from it.
+/// Families that exist only in cgroup mode (PSI of the programs' cgroups).
+const CGROUP_MODE_FAMILIES: [&str; 2] = [
+    "procwatch_process_pressure_waiting_seconds_total",
+    "procwatch_process_pressure_stalled_seconds_total",
+];
+
+/// The family of those lists which `expr` asks for and the procwatch that gave `scrape` does
+/// not have: such a panel cannot have data from it.
 fn absent_family(expr: &str, scrape: &str) -> Option<&'static str> {
     MEMORY_CONTROLLER_FAMILIES
         .into_iter()
+        .chain(CGROUP_MODE_FAMILIES)
         .find(|f| expr.contains(f) && !scrape.lines().any(|l| l.starts_with(&format!("{f}{{"))))
 }
 
@@ -391,6 +400,8 @@ fn panel_has_data(prom: &Prometheus, title: &str, expr: &str, q: &str, scrape: &
         // `ip netns exec` mounts a fresh /sys without the cgroup file systems: proc mode.
         let why = if scrape.contains("procwatch_tracking_info{mode=\"proc\"}") {
             "this procwatch runs in proc mode"
+        } else if CGROUP_MODE_FAMILIES.contains(&family) {
+            "no PSI in this kernel"
         } else {
             "no memory controller in procwatch's cgroups; a hybrid host keeps it in cgroup v1"
         };
@@ -484,6 +495,18 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         )
         .is_some()
     });
+    // Where this procwatch is in cgroup mode with PSI (this host: yes), the pressure panels
+    // must have data.
+    let psi = procwatch::cgroup::locate().is_ok_and(|l| l.mount.join("cpu.pressure").exists());
+    if psi && scrape.text.contains("procwatch_tracking_info{mode=\"cgroup\"}") {
+        for f in CGROUP_MODE_FAMILIES {
+            assert!(
+                absent_family(f, &scrape.text).is_none(),
+                "cgroup mode with PSI, and no {f}:\n{}",
+                scrape.text
+            );
+        }
+    }
     if memory {
         for f in MEMORY_CONTROLLER_FAMILIES {
             assert!(
