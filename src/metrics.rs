@@ -109,7 +109,16 @@ struct HighWater {
 }
 
 /// The resources PSI is read for, in the order of [`ProgramReport::pressure`].
-pub const PRESSURE_RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
+pub use cgroup::PRESSURE_RESOURCES;
+
+/// What a scrape read from one program's cgroup.
+#[derive(Debug, Default)]
+struct CgroupReport {
+    cpu: Option<cgroup::CpuStat>,
+    memory: Option<cgroup::Memory>,
+    pressure: [Option<cgroup::Pressure>; 3],
+    io: Option<cgroup::IoStat>,
+}
 
 impl ProgramReport {
     /// The program's name: the `name` label.
@@ -150,7 +159,28 @@ pub struct Collector {
     reported: Mutex<HashMap<String, HighWater>>,
     groups: Groups,
     /// Keeps every process's /proc files open between scrapes; one pass at a time.
-    reader: Mutex<procfs::Reader>,
+    scratch: Mutex<Scratch>,
+}
+
+/// What one scrape hands to the next: the reader with its kept /proc files, and buffers, so
+/// that reading allocates nothing once they have grown.
+struct Scratch {
+    reader: procfs::Reader,
+    /// What cgroup files are read into.
+    buf: Vec<u8>,
+    members: Vec<i32>,
+    children: Vec<i32>,
+}
+
+impl Scratch {
+    fn new(groups: Groups) -> Scratch {
+        Scratch {
+            reader: procfs::Reader::keeping(want(groups)),
+            buf: Vec::new(),
+            members: Vec::new(),
+            children: Vec::new(),
+        }
+    }
 }
 
 /// The per-process files the groups in `groups` need beyond stat.
@@ -180,7 +210,7 @@ impl Collector {
             reload,
             reported: Mutex::new(HashMap::new()),
             groups: Groups::all(),
-            reader: Mutex::new(procfs::Reader::keeping(want(Groups::all()))),
+            scratch: Mutex::new(Scratch::new(Groups::all())),
         }
     }
 
@@ -194,13 +224,13 @@ impl Collector {
     /// neither opened nor read.
     pub fn with_groups(mut self, groups: Groups) -> Collector {
         self.groups = groups;
-        self.reader = Mutex::new(procfs::Reader::keeping(want(groups)));
+        self.scratch = Mutex::new(Scratch::new(groups));
         self
     }
 
     /// fds held open for programs' /proc files.
     pub fn kept_fds(&self) -> usize {
-        self.reader.lock().unwrap_or_else(|e| e.into_inner()).kept_fds()
+        self.scratch.lock().unwrap_or_else(|e| e.into_inner()).reader.kept_fds()
     }
 
     pub fn groups(&self) -> Groups {
@@ -221,8 +251,13 @@ impl Collector {
         let reaped: Vec<(Duration, Duration)> = programs.iter().map(|p| p.reaped_cpu()).collect();
         let reaped_usage: Vec<Counters> = programs.iter().map(|p| p.reaped_usage()).collect();
 
-        let mut reader = self.reader.lock().unwrap_or_else(|e| e.into_inner());
-        let reader = &mut *reader;
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        let Scratch {
+            reader,
+            buf,
+            members,
+            children,
+        } = &mut *scratch;
         reader.begin_pass();
         // SAFETY: getpid has no preconditions.
         let me = unsafe { libc::getpid() };
@@ -234,20 +269,34 @@ impl Collector {
         let mut usages: Vec<Option<TreeUsage>> = vec![None; programs.len()];
         let mut max_fds: Vec<Option<u64>> = vec![None; programs.len()];
         // cgroup mode: a program's processes are exactly its cgroup's members, and its CPU is
-        // the cgroup's cpu.stat (dead and orphaned processes included).
-        let mut cgroup_cpu: Vec<Option<(f64, f64)>> = vec![None; programs.len()];
-        let mut members = Vec::new();
+        // the cgroup's cpu.stat (dead and orphaned processes included); so is its I/O where
+        // the io controller gives io.stat. The cgroup's files are kept open like /proc's.
+        let mut cgroups: Vec<CgroupReport> = Vec::new();
+        let io_on = self.groups.on(Group::Io);
         for (i, program) in programs.iter().enumerate() {
             let Some(cg) = program.cgroup() else { continue };
+            if cgroups.is_empty() {
+                cgroups.resize_with(programs.len(), CgroupReport::default);
+            }
+            let report = &mut cgroups[i];
             if let Some((pid, _)) = statuses[i].state.run() {
                 max_fds[i] = reader.max_fds(pid);
             }
-            cgroup_cpu[i] = cg.cpu().map(|c| (c.user_usec as f64 / 1e6, c.system_usec as f64 / 1e6));
-            cg.procs(&mut members);
+            report.cpu = cg.cpu(buf);
+            if self.groups.on(Group::Cgroup) {
+                report.memory = cg.memory(buf);
+            }
+            if self.groups.on(Group::Pressure) {
+                report.pressure = cg.pressure(buf);
+            }
+            if io_on {
+                report.io = cg.io(buf);
+            }
+            cg.members(buf, members);
             if !members.is_empty() {
                 let usage = usages[i].get_or_insert_default();
-                for &pid in &members {
-                    reader.add_process(pid, usage);
+                for &pid in members.iter() {
+                    reader.add_member(pid, usage, report.io.is_none());
                 }
             }
         }
@@ -268,9 +317,9 @@ impl Collector {
             }
         }
         // Orphans re-parented to procwatch still belong to the run whose session they are in.
-        let mut children = Vec::new();
-        procfs::own_children(reader, &mut children);
-        for pid in children {
+        children.clear();
+        procfs::own_children(reader, children);
+        for &pid in children.iter() {
             if run_index.contains_key(&pid) || walk.seen(pid) {
                 continue;
             }
@@ -287,13 +336,18 @@ impl Collector {
         let clk = procfs::sys().clk_tck as f64;
         let own = procfs::self_usage(reader);
         reader.end_pass();
+        drop(scratch);
         let mut reported = self.reported.lock().unwrap_or_else(|e| e.into_inner());
         let mut reports = Vec::with_capacity(programs.len());
         for (i, (program, status)) in programs.iter().zip(statuses).enumerate() {
             let usage = usages[i];
             let (ru, rs) = reaped[i];
             let live = usage.unwrap_or_default();
-            let (user, system) = cgroup_cpu[i].unwrap_or_else(|| {
+            let cgroup = cgroups.get_mut(i).map(std::mem::take).unwrap_or_default();
+            let cgroup_cpu = cgroup
+                .cpu
+                .map(|c| (c.user_usec as f64 / 1e6, c.system_usec as f64 / 1e6));
+            let (user, system) = cgroup_cpu.unwrap_or_else(|| {
                 (
                     ru.as_secs_f64() + live.user_ticks as f64 / clk,
                     rs.as_secs_f64() + live.system_ticks as f64 / clk,
@@ -305,20 +359,18 @@ impl Collector {
             let high = reported.get_mut(&program.name).expect("inserted above");
             high.cpu_user = high.cpu_user.max(user);
             high.cpu_system = high.cpu_system.max(system);
-            high.counters = high.counters.max(live.counters.plus(reaped_usage[i]));
+            let mut counters = live.counters.plus(reaped_usage[i]);
+            if let Some(io) = cgroup.io {
+                // io.stat counts every process that ever ran in the cgroup: nothing to add.
+                counters.read_bytes = io.read_bytes;
+                counters.write_bytes = io.write_bytes;
+            }
+            high.counters = high.counters.max(counters);
             let probes = if self.groups.on(Group::Probes) {
                 ProbeRole::ALL.map(|role| program.probe(role))
             } else {
                 [None; 2]
             };
-            let cg = program.cgroup();
-            let memory = cg.filter(|_| self.groups.on(Group::Cgroup)).and_then(|c| c.memory());
-            let mut pressure = [None; 3];
-            if let Some(c) = cg.filter(|_| self.groups.on(Group::Pressure)) {
-                for (p, resource) in pressure.iter_mut().zip(PRESSURE_RESOURCES) {
-                    *p = c.pressure(resource);
-                }
-            }
             // `inherit` output is not captured: unknown, not 0.
             let captured = status.config.output != OutputConfig::Inherit;
             let logs = (captured && self.groups.on(Group::Logs)).then(|| {
@@ -337,8 +389,8 @@ impl Collector {
                 counters: high.counters,
                 max_fds: max_fds[i],
                 probes,
-                memory,
-                pressure,
+                memory: cgroup.memory,
+                pressure: cgroup.pressure,
                 logs,
             });
         }
