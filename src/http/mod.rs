@@ -14,7 +14,7 @@ pub use web_config::{WebConfig, WebConfigSource};
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -59,6 +59,8 @@ struct State {
     collector: Arc<Collector>,
     reload: mpsc::Sender<ReloadRequest>,
     scrape: tokio::sync::Mutex<ScrapeCache>,
+    /// Requests waiting for `scrape`'s lock.
+    scrape_waiting: AtomicUsize,
     api: Api,
 }
 
@@ -71,6 +73,7 @@ impl State {
             collector,
             reload,
             scrape: tokio::sync::Mutex::new(ScrapeCache::default()),
+            scrape_waiting: AtomicUsize::new(0),
             api,
         }
     }
@@ -79,10 +82,11 @@ impl State {
 #[derive(Default)]
 struct ScrapeCache {
     /// Per format (text, OpenMetrics) and encoding (plain, gzip): when the last encode
-    /// started, and its output.
+    /// started, and its output; kept only while requests that can use it wait.
     last: [Option<(Instant, Bytes)>; 4],
-    /// Reused encode buffer.
-    buf: String,
+    /// Length of the last page: the next is encoded into a buffer of about that size, which
+    /// then becomes the response body as it is (no copy, no doubling beyond the page).
+    last_len: usize,
 }
 
 type Body = Full<Bytes>;
@@ -286,7 +290,9 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
 async fn scrape(state: &State, format: metrics::Format, gzip: bool) -> Option<Bytes> {
     let arrived = Instant::now();
     let slot = format as usize * 2 + usize::from(gzip);
+    state.scrape_waiting.fetch_add(1, Ordering::SeqCst);
     let mut cache = state.scrape.lock().await;
+    state.scrape_waiting.fetch_sub(1, Ordering::SeqCst);
     if let Some((started, body)) = &cache.last[slot]
         && *started >= arrived
     {
@@ -294,21 +300,29 @@ async fn scrape(state: &State, format: metrics::Format, gzip: bool) -> Option<By
     }
     let started = Instant::now();
     let collector = Arc::clone(&state.collector);
-    let mut buf = std::mem::take(&mut cache.buf);
-    let (buf, body) = tokio::task::spawn_blocking(move || {
+    let capacity = cache.last_len + cache.last_len / 16 + 4096;
+    let (len, body) = tokio::task::spawn_blocking(move || {
         let g = collector.gather();
-        collector.encode(g, format, &mut buf);
+        let mut page = String::with_capacity(capacity);
+        collector.encode(g, format, &mut page);
+        let len = page.len();
         let body = if gzip {
-            Bytes::from(metrics::gzip(buf.as_bytes()))
+            Bytes::from(metrics::gzip(page.as_bytes()))
         } else {
-            Bytes::copy_from_slice(buf.as_bytes())
+            Bytes::from(page)
         };
-        (buf, body)
+        (len, body)
     })
     .await
     .ok()?;
-    cache.buf = buf;
-    cache.last[slot] = Some((started, body.clone()));
+    cache.last_len = len;
+    // Only a request waiting now can take this page (one that comes later arrives after
+    // this scrape started); with nobody waiting, no page is held between scrapes.
+    if state.scrape_waiting.load(Ordering::SeqCst) > 0 {
+        cache.last[slot] = Some((started, body.clone()));
+    } else {
+        cache.last = Default::default();
+    }
     Some(body)
 }
 
