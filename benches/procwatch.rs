@@ -484,6 +484,9 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     let mains: Vec<i32> = samples(&body, "procwatch_process_pid{").map(|v| v as i32).collect();
     let pids = descendants(&mains);
     assert_eq!(pids.len(), procs, "{label}: the bench sees the tree procwatch reports");
+    // What procwatch reads besides each process's files: in cgroup mode, each program's
+    // cgroup files instead of the children files.
+    let reads = Reads::of(&body, &mains);
 
     let rounds = match procs {
         0..=100 => 400,
@@ -509,10 +512,10 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     let scrape_cpu = (pw.cpu(clk) - cpu0) / rounds as u32;
     lat.sort();
 
-    let kept = KeptFloor::open(&pids, &mains);
+    let kept = KeptFloor::open(&pids, &mains, &reads);
     let (floor, _) = cpu_per(rounds as u32, || kept.pass() as usize);
     drop(kept);
-    let (orc_floor, _) = cpu_per(rounds as u32, || floor_pass(&pids, &mains) as usize);
+    let (orc_floor, _) = cpu_per(rounds as u32, || floor_pass(&pids, &mains, &reads) as usize);
 
     let idle_for = if quick {
         Duration::from_secs(3)
@@ -539,9 +542,77 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     row
 }
 
-/// The files procwatch reads per process with every group on: stat, status, io, the main
-/// thread's children, the fd directory's size, and for main processes limits.
-const FILES: [&str; 4] = ["stat", "status", "io", "task/{pid}/children"];
+/// The files procwatch reads per process with every group on: stat, status, io, the fd
+/// directory's size, for main processes limits, and in proc mode the main thread's children.
+const FILES: [&str; 3] = ["stat", "status", "io"];
+
+/// What procwatch reads beyond each process's own files, by tracking mode.
+struct Reads {
+    /// Proc mode: `task/PID/children` of each process (the tree walk).
+    children: bool,
+    /// cgroup mode: the files of each program's cgroup that exist (cgroup.procs, cpu.stat,
+    /// the pressure files; the memory files and io.stat where those controllers are on).
+    cgroup_files: Vec<PathBuf>,
+}
+
+impl Reads {
+    fn of(body: &str, mains: &[i32]) -> Reads {
+        if !body.contains("procwatch_tracking_info{mode=\"cgroup\"}") {
+            return Reads {
+                children: true,
+                cgroup_files: Vec::new(),
+            };
+        }
+        let mount = procwatch::cgroup::locate()
+            .expect("cgroup mode: cgroup2 is mounted")
+            .mount;
+        let mut cgroup_files = Vec::new();
+        for &pid in mains {
+            let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+            let rel = procwatch::cgroup::parse_own_cgroup(&text).unwrap();
+            let dir = mount.join(rel.trim_start_matches('/'));
+            for f in [
+                "cgroup.procs",
+                "cpu.stat",
+                "cpu.pressure",
+                "memory.pressure",
+                "io.pressure",
+                "memory.current",
+                "memory.peak",
+                "memory.max",
+                "memory.events",
+                "io.stat",
+            ] {
+                let path = dir.join(f);
+                if path.exists() {
+                    cgroup_files.push(path);
+                }
+            }
+        }
+        Reads {
+            children: false,
+            cgroup_files,
+        }
+    }
+
+    /// Every file to read: each process's, each main process's limits, the cgroups'.
+    fn paths(&self, pids: &[i32], mains: &[i32]) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for &pid in pids {
+            for f in FILES {
+                out.push(PathBuf::from(format!("/proc/{pid}/{f}")));
+            }
+            if self.children {
+                out.push(PathBuf::from(format!("/proc/{pid}/task/{pid}/children")));
+            }
+        }
+        for &pid in mains {
+            out.push(PathBuf::from(format!("/proc/{pid}/limits")));
+        }
+        out.extend(self.cgroup_files.iter().cloned());
+        out
+    }
+}
 
 /// The floor: the same reads as procwatch, done the same way (fds kept open, `pread` at offset
 /// 0, `fstat` of the fd directory), with nothing parsed, encoded or served.
@@ -551,19 +622,16 @@ struct KeptFloor {
 }
 
 impl KeptFloor {
-    fn open(pids: &[i32], mains: &[i32]) -> KeptFloor {
-        let mut files = Vec::new();
-        let mut dirs = Vec::new();
-        for &pid in pids {
-            for f in FILES {
-                let path = format!("/proc/{pid}/{}", f.replace("{pid}", &pid.to_string()));
-                files.extend(std::fs::File::open(path));
-            }
-            dirs.extend(std::fs::File::open(format!("/proc/{pid}/fd")));
-        }
-        for &pid in mains {
-            files.extend(std::fs::File::open(format!("/proc/{pid}/limits")));
-        }
+    fn open(pids: &[i32], mains: &[i32], reads: &Reads) -> KeptFloor {
+        let files = reads
+            .paths(pids, mains)
+            .into_iter()
+            .filter_map(|p| std::fs::File::open(p).ok())
+            .collect();
+        let dirs = pids
+            .iter()
+            .filter_map(|pid| std::fs::File::open(format!("/proc/{pid}/fd")).ok())
+            .collect();
         KeptFloor { files, dirs }
     }
 
@@ -582,22 +650,14 @@ impl KeptFloor {
 }
 
 /// The floor as it would be without kept fds: each file opened, read and closed.
-fn floor_pass(pids: &[i32], mains: &[i32]) -> u64 {
+fn floor_pass(pids: &[i32], mains: &[i32], reads: &Reads) -> u64 {
     let mut buf = Vec::with_capacity(4096);
     let mut acc = 0u64;
-    let mut read = |path: String| {
+    for path in reads.paths(pids, mains) {
         buf.clear();
         if let Ok(mut f) = std::fs::File::open(path) {
             acc += f.read_to_end(&mut buf).unwrap_or(0) as u64;
         }
-    };
-    for &pid in pids {
-        for f in FILES {
-            read(format!("/proc/{pid}/{}", f.replace("{pid}", &pid.to_string())));
-        }
-    }
-    for &pid in mains {
-        read(format!("/proc/{pid}/limits"));
     }
     for &pid in pids {
         acc += std::fs::metadata(format!("/proc/{pid}/fd")).map_or(0, |m| m.len());
