@@ -42,6 +42,8 @@ use crate::watch::{WatchReport, WatchView};
 pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// The Content-Type of OpenMetrics 1.0 text.
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// The Content-Type of the same text for a client that asked for OpenMetrics 0.0.1.
+pub const OPENMETRICS_0_0_1_CONTENT_TYPE: &str = "application/openmetrics-text; version=0.0.1; charset=utf-8";
 
 /// The state of the last config (re)load; written by `app`, read at scrape time.
 #[derive(Debug, Default)]
@@ -424,12 +426,17 @@ pub enum Format {
     Text,
     /// OpenMetrics 1.0 text, ending in `# EOF`.
     OpenMetrics,
+    /// The same text, answered as OpenMetrics 0.0.1 to a client that asked for that version
+    /// (the two versions write these families alike).
+    OpenMetrics0_0_1,
 }
 
 impl Format {
-    /// The format an `Accept` header asks for, as client_golang negotiates it: the acceptable
-    /// media range with the highest `q` (the first among equals); OpenMetrics for
-    /// `application/openmetrics-text` (version 1.0.0, 0.0.1 or none), text for anything else.
+    /// The format an `Accept` header asks for: the acceptable media range with the highest `q`
+    /// (the first among equals), as client_golang negotiates; `application/openmetrics-text`
+    /// is answered in the version asked for, 1.0.0 or 0.0.1, and 1.0.0 where no version is
+    /// named (as client_python does; client_golang answers 0.0.1 there); anything else, an
+    /// OpenMetrics version procwatch does not write included, gets the text format.
     pub fn from_accept(accept: Option<&str>) -> Format {
         let mut best = (0.0_f64, Format::Text);
         for range in accept.unwrap_or("").split(',') {
@@ -444,7 +451,8 @@ impl Format {
                 }
             }
             let format = match (media.to_ascii_lowercase().as_str(), version) {
-                ("application/openmetrics-text", None | Some("1.0.0" | "0.0.1")) => Format::OpenMetrics,
+                ("application/openmetrics-text", None | Some("1.0.0")) => Format::OpenMetrics,
+                ("application/openmetrics-text", Some("0.0.1")) => Format::OpenMetrics0_0_1,
                 _ => Format::Text,
             };
             if q > best.0 {
@@ -458,6 +466,7 @@ impl Format {
         match self {
             Format::Text => CONTENT_TYPE,
             Format::OpenMetrics => OPENMETRICS_CONTENT_TYPE,
+            Format::OpenMetrics0_0_1 => OPENMETRICS_0_0_1_CONTENT_TYPE,
         }
     }
 }
@@ -564,7 +573,7 @@ fn encode_page(g: Gathered, groups: Groups, format: Format, out: &mut String) {
     registry.register_collector(Box::new(Exposition { g, groups }));
     let written = match format {
         Format::Text => prometheus_text::encode(out, &registry),
-        Format::OpenMetrics => openmetrics_text::encode(out, &registry),
+        Format::OpenMetrics | Format::OpenMetrics0_0_1 => openmetrics_text::encode(out, &registry),
     };
     // Writing into a String cannot fail, and no family returns an error of its own.
     debug_assert!(written.is_ok(), "encoding into a String failed");
@@ -1329,6 +1338,13 @@ mod tests {
             (Some("text/plain"), Text),
             (Some("application/openmetrics-text"), OpenMetrics),
             (Some("Application/OpenMetrics-Text; version=1.0.0"), OpenMetrics),
+            (Some("application/openmetrics-text; version=0.0.1"), OpenMetrics0_0_1),
+            (
+                Some(
+                    "application/openmetrics-text;version=0.0.1;q=0.9,application/openmetrics-text;version=1.0.0;q=0.8",
+                ),
+                OpenMetrics0_0_1,
+            ),
             (Some("application/openmetrics-text;version=2.0.0"), Text),
             (Some("text/plain;q=0.5,application/openmetrics-text;q=0.9"), OpenMetrics),
             (Some("application/openmetrics-text;q=0.2,text/plain;q=0.5"), Text),
@@ -1337,6 +1353,15 @@ mod tests {
         ] {
             assert_eq!(Format::from_accept(accept), want, "{accept:?}");
         }
+        assert_eq!(
+            OpenMetrics.content_type(),
+            "application/openmetrics-text; version=1.0.0; charset=utf-8"
+        );
+        assert_eq!(
+            OpenMetrics0_0_1.content_type(),
+            "application/openmetrics-text; version=0.0.1; charset=utf-8"
+        );
+        assert_eq!(Text.content_type(), "text/plain; version=0.0.4; charset=utf-8");
     }
 
     #[test]

@@ -216,6 +216,24 @@ fn openmetrics_gzip_and_head_round_trip() {
         "{text}"
     );
 
+    // Asked for 0.0.1 (first), it is answered as 0.0.1; unversioned, as 1.0.0.
+    for (accept, version) in [
+        (
+            "application/openmetrics-text;version=0.0.1;q=0.9,application/openmetrics-text;version=1.0.0;q=0.5",
+            "0.0.1",
+        ),
+        ("application/openmetrics-text", "1.0.0"),
+    ] {
+        let (head, body) = get_raw(&pw.addr, "GET", &format!("Accept: {accept}\r\n"));
+        assert!(
+            head.contains(&format!(
+                "content-type: application/openmetrics-text; version={version}; charset=utf-8"
+            )),
+            "{accept}: {head}"
+        );
+        assert!(String::from_utf8(body).unwrap().ends_with("# EOF\n"));
+    }
+
     let (head, body) = get_raw(&pw.addr, "GET", &format!("{om}Accept-Encoding: gzip\r\n"));
     assert!(head.contains("content-encoding: gzip"), "{head}");
     let unpacked = gunzip(&body);

@@ -81,9 +81,9 @@ impl State {
 
 #[derive(Default)]
 struct ScrapeCache {
-    /// Per format (text, OpenMetrics) and encoding (plain, gzip): when the last encode
-    /// started, and its output; kept only while requests that can use it wait.
-    last: [Option<(Instant, Bytes)>; 4],
+    /// Per format (text, OpenMetrics 1.0.0, 0.0.1) and encoding (plain, gzip): when the last
+    /// encode started, and its output; kept only while requests that can use it wait.
+    last: [Option<(Instant, Bytes)>; 6],
     /// Length of the last page: the next is encoded into a buffer of about that size, which
     /// then becomes the response body as it is (no copy, no doubling beyond the page).
     last_len: usize,
