@@ -274,5 +274,6 @@ fn a_warning_while_loading_loses_no_signal_and_no_log_line() {
     assert!(text.contains("SIGTERM: stopping"), "{text}");
     // At start and at each of the five reloads.
     assert_eq!(text.matches("include matches no file").count(), 6, "{text}");
-    assert!(util::pids_with(&marker).is_empty(), "a program outlived procwatch");
+    let left = util::procs_with(&marker);
+    assert!(left.is_empty(), "outlived procwatch: {left:?}\n{text}");
 }
