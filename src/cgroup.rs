@@ -474,6 +474,19 @@ impl StatFile {
 /// The resources whose PSI files (`<resource>.pressure`) a program's cgroup has.
 pub const PRESSURE_RESOURCES: [&str; 3] = ["cpu", "memory", "io"];
 
+/// Closes every kept file of one cgroup, giving their fds back to the budget.
+fn close_all(slots: &mut [Slot; StatFile::COUNT]) {
+    let open = slots.iter().filter(|s| matches!(s, Slot::Open(_))).count();
+    *slots = Default::default();
+    crate::procfs::release_fds(open);
+}
+
+impl Drop for ProgramCgroup {
+    fn drop(&mut self) {
+        close_all(self.stats.get_mut().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
 /// One kept stats file.
 #[derive(Debug, Default)]
 enum Slot {
@@ -580,10 +593,11 @@ impl ProgramCgroup {
                 Ok(()) => return Some(()),
                 // ENODEV: the cgroup was removed; if it was made again under the same path,
                 // every file is opened afresh (this one now, the others at their next read).
-                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => *slots = Default::default(),
+                Err(e) if e.raw_os_error() == Some(libc::ENODEV) => close_all(&mut slots),
                 // EOPNOTSUPP: PSI turned off for this cgroup (cgroup.pressure 0).
                 Err(_) => {
                     slots[file as usize] = Slot::Absent;
+                    crate::procfs::release_fds(1);
                     return None;
                 }
             },
@@ -593,7 +607,10 @@ impl ProgramCgroup {
         match File::open(self.dir.join(file.name())) {
             Ok(f) => {
                 crate::procfs::pread_into(&f, buf).ok()?;
-                *slot = Slot::Open(f);
+                // Past the fds' budget, the file is opened and read at each read instead.
+                if crate::procfs::keep_fd() {
+                    *slot = Slot::Open(f);
+                }
                 Some(())
             }
             Err(e) => {

@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::io::Read;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use procfs_core::{FromBufRead, FromRead};
 
@@ -118,32 +118,25 @@ pub struct Status {
 }
 
 /// Parses the three fields procwatch uses from /proc/PID/status. By hand, not through the
-/// `procfs` crate: its `Status` parser builds a map of every line, 37 µs a process against
-/// 2.5 µs here (the benchmark prints both), which alone would cost more than the file's read.
+/// `procfs` crate: its `Status` parser builds a map of every line, about 20 µs a process
+/// against 1-2 µs here (the benchmark prints both), which alone would cost more than the
+/// file's read. Each field is found by its line's start (`\nKEY:`): the kernel escapes a
+/// newline in the command name, so no other line can start so.
 pub fn parse_status(text: &[u8]) -> Option<Status> {
     let text = std::str::from_utf8(text).ok()?;
-    let mut st = Status::default();
-    let mut found = 0;
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else {
-            continue;
-        };
-        let field = match key {
-            "voluntary_ctxt_switches" => &mut st.voluntary_ctxt_switches,
-            "nonvoluntary_ctxt_switches" => &mut st.nonvoluntary_ctxt_switches,
-            "VmSwap" => &mut st.swap_bytes,
-            _ => continue,
-        };
+    let field = |key: &str| -> Option<u64> {
+        let at = text.find(key)? + key.len();
+        let mut words = text[at..].split_ascii_whitespace();
+        let v: u64 = words.next()?.parse().ok()?;
         // VmSwap is in kB; the others are counts.
-        let mut words = value.split_ascii_whitespace();
-        *field = words.next()?.parse().ok()?;
-        if words.next() == Some("kB") {
-            *field *= 1024;
-        }
-        found += 1;
-    }
+        Some(if words.next() == Some("kB") { v * 1024 } else { v })
+    };
     // The context switch lines exist since Linux 2.6.23; VmSwap only for processes with memory.
-    (found >= 2).then_some(st)
+    Some(Status {
+        voluntary_ctxt_switches: field("\nvoluntary_ctxt_switches:")?,
+        nonvoluntary_ctxt_switches: field("\nnonvoluntary_ctxt_switches:")?,
+        swap_bytes: field("\nVmSwap:").unwrap_or(0),
+    })
 }
 
 /// Storage I/O of a process, from /proc/PID/io: what it (its live and dead threads, and the
@@ -238,8 +231,40 @@ struct KeptFiles {
     pass: u64,
     /// fds held in `procs`.
     open: usize,
-    /// At most this many: beyond it, a file is opened, read and closed as without keeping.
-    budget: usize,
+}
+
+/// fds kept open between scrapes, /proc's (a [`Reader`]'s) and cgroupfs' together.
+static KEPT_FDS: AtomicUsize = AtomicUsize::new(0);
+/// At most this many (set at each pass): beyond it, a file is opened, read and closed at
+/// each read as without keeping, so that kept files never starve sockets, pipes and spawns.
+/// `usize::MAX` until first set.
+static KEEP_LIMIT: AtomicUsize = AtomicUsize::new(usize::MAX);
+
+/// Takes one fd of the keeping budget; `false` when it is spent.
+pub(crate) fn keep_fd() -> bool {
+    if KEEP_LIMIT.load(Ordering::Relaxed) == usize::MAX {
+        set_keep_limit();
+    }
+    let limit = KEEP_LIMIT.load(Ordering::Relaxed);
+    KEPT_FDS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| (k < limit).then_some(k + 1))
+        .is_ok()
+}
+
+/// Gives back `n` fds taken with [`keep_fd`] (their files were closed).
+pub(crate) fn release_fds(n: usize) {
+    KEPT_FDS.fetch_sub(n, Ordering::Relaxed);
+}
+
+/// Sets the keeping budget from the soft RLIMIT_NOFILE and what procwatch holds besides.
+fn set_keep_limit() {
+    let soft = nofile_limit().0;
+    let kept = KEPT_FDS.load(Ordering::Relaxed);
+    // What the rest of procwatch holds can grow (connections, programs' pipes): keep what
+    // is kept, but open no more than the limit leaves beside it.
+    let others = (open_fd_count().unwrap_or(0) as usize).saturating_sub(kept);
+    let limit = (soft.saturating_sub(FD_RESERVE) as usize).saturating_sub(others);
+    KEEP_LIMIT.store(limit, Ordering::Relaxed);
 }
 
 /// Reads /proc for one caller. [`Reader::default`] opens, reads and closes each file;
@@ -260,13 +285,12 @@ impl Reader {
     /// A reader that keeps each process's files open between passes; call
     /// [`Reader::begin_pass`] and [`Reader::end_pass`] around each pass.
     pub fn keeping(want: Want) -> Reader {
-        let soft = nofile_limit().0;
+        set_keep_limit();
         Reader {
             keep: Some(KeptFiles {
                 procs: HashMap::new(),
                 pass: 0,
                 open: 0,
-                budget: soft.saturating_sub(FD_RESERVE) as usize,
             }),
             want,
             ..Reader::default()
@@ -285,12 +309,7 @@ impl Reader {
     pub fn begin_pass(&mut self) {
         if let Some(k) = &mut self.keep {
             k.pass += 1;
-            // What the rest of procwatch holds can grow (connections, programs' pipes): keep
-            // what is kept, but open no more than the limit leaves beside it.
-            let soft = nofile_limit().0;
-            let own = open_fd_count().unwrap_or(0) as usize;
-            let others = own.saturating_sub(k.open);
-            k.budget = (soft.saturating_sub(FD_RESERVE) as usize).saturating_sub(others);
+            set_keep_limit();
         }
     }
 
@@ -307,6 +326,7 @@ impl Reader {
                 keep
             });
             k.open -= closed;
+            release_fds(closed);
         }
     }
 
@@ -328,6 +348,7 @@ impl Reader {
                 Err(_) => {
                     // ESRCH: that process was reaped; the PID may belong to a new one now.
                     k.open -= kept.count();
+                    release_fds(kept.count());
                     *kept = Kept {
                         pass,
                         ..Kept::default()
@@ -342,7 +363,7 @@ impl Reader {
         which.tail(pid, path);
         let f = File::open(&*path).ok()?;
         pread_into(&f, buf).ok()?;
-        if k.open < k.budget {
+        if keep_fd() {
             kept.files[which as usize] = Some(f);
             k.open += 1;
         }
@@ -380,9 +401,12 @@ impl Reader {
             let pass = k.pass;
             let kept = k.procs.entry(pid).or_default();
             kept.pass = pass;
-            if kept.fd_dir.is_none() && k.open < k.budget {
+            if kept.fd_dir.is_none() && keep_fd() {
                 kept.fd_dir = File::open(&*path).ok();
                 k.open += usize::from(kept.fd_dir.is_some());
+                if kept.fd_dir.is_none() {
+                    release_fds(1);
+                }
             }
             kept.fd_dir.as_ref().map(|d| d.metadata())
         }) {
@@ -428,21 +452,40 @@ fn read_into(path: &str, buf: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
-/// Reads the whole of a kept /proc file from offset 0 into `buf`.
+/// Reads the whole of a kept /proc (or cgroupfs) file from offset 0 into `buf`, without
+/// zeroing the buffer first. Most of these files are one seq_file record, whole in the first
+/// read; `cgroup.procs` and `children` are one short record per PID, and a read stops at the
+/// last record that fits: a read that leaves less than [`RECORD_ROOM`] bytes free is
+/// followed by reads from where it stopped until one returns nothing.
 pub(crate) fn pread_into(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
-    use std::os::unix::fs::FileExt;
-    let mut cap = buf.capacity().max(4096);
+    use std::os::fd::AsRawFd;
+    buf.clear();
+    let mut want = buf.capacity().max(4096);
     loop {
-        buf.resize(cap, 0);
-        let n = f.read_at(buf, 0)?;
-        if n < cap {
-            buf.truncate(n);
+        buf.reserve(want);
+        let at = buf.len();
+        let spare = buf.spare_capacity_mut();
+        // SAFETY: pread writes at most `spare.len()` bytes into the vector's spare capacity.
+        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), at as libc::off_t) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        let (n, room) = (n as usize, spare.len());
+        // SAFETY: pread initialized the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(at + n) };
+        if n == 0 || room - n >= RECORD_ROOM {
             return Ok(());
         }
-        // The file did not fit: read it again, whole, into a bigger buffer.
-        cap *= 2;
+        want = room * 2;
     }
 }
+
+/// More than the longest record of a multi-record file read through [`pread_into`].
+const RECORD_ROOM: usize = 256;
 
 /// (soft, hard) RLIMIT_NOFILE of procwatch.
 pub fn nofile_limit() -> (u64, u64) {
@@ -817,6 +860,47 @@ mod tests {
         assert_eq!(parse_io(b"garbage"), None);
         let limits = std::fs::read("/proc/self/limits").unwrap();
         assert_eq!(parse_max_fds(&limits), Some(nofile_limit().0));
+    }
+
+    #[test]
+    fn parses_status_fields_by_their_lines() {
+        let text = b"Name:\tx\nVmRSS:\t    1000 kB\nVmSwap:\t      12 kB\nThreads:\t1\n\
+            voluntary_ctxt_switches:\t150\nnonvoluntary_ctxt_switches:\t7\n";
+        assert_eq!(
+            parse_status(text),
+            Some(Status {
+                voluntary_ctxt_switches: 150,
+                nonvoluntary_ctxt_switches: 7,
+                swap_bytes: 12 * 1024
+            })
+        );
+        // A kernel thread has no VmSwap line: 0 swapped, the counters still read.
+        let kthread = b"Name:\tkworker\nvoluntary_ctxt_switches:\t3\nnonvoluntary_ctxt_switches:\t0\n";
+        assert_eq!(parse_status(kthread).map(|s| s.swap_bytes), Some(0));
+        assert_eq!(
+            parse_status(b"Name:\tx\nVmSwap:\t1 kB\n"),
+            None,
+            "no context switch lines"
+        );
+    }
+
+    #[test]
+    fn a_kept_file_of_many_records_is_read_whole() {
+        // 800 children of this thread: its children file (one record per PID) spans reads.
+        let mut kids: Vec<_> = (0..800)
+            .map(|_| std::process::Command::new("sleep").arg("30").spawn().unwrap())
+            .collect();
+        let f = File::open("/proc/thread-self/children").unwrap();
+        let mut buf = Vec::with_capacity(16);
+        pread_into(&f, &mut buf).unwrap();
+        let mut pids = Vec::new();
+        parse_pids(&buf, &mut pids);
+        assert!(buf.len() > 4096, "{} bytes", buf.len());
+        assert_eq!(pids.len(), kids.len(), "every child, at the first read");
+        for k in &mut kids {
+            k.kill().unwrap();
+            k.wait().unwrap();
+        }
     }
 
     #[test]
