@@ -24,11 +24,12 @@ fn main() {
         return hold(&args[2], &args[3]);
     }
     let quick = args.iter().any(|a| a == "quick");
-    // `-- files`, `-- restart`, `-- control`, `-- scrape` or `-- encode` runs one part only;
+    // `-- files`, `-- restart`, `-- control`, `-- scrape`, `-- encode`, `-- output` or
+    // `-- probes` runs one part only;
     // `-- N` (a number) measures scrapes at N programs only.
     let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let only = |part: &str| {
-        let parts = ["files", "restart", "control", "scrape", "encode", "output"];
+        let parts = ["files", "restart", "control", "scrape", "encode", "output", "probes"];
         !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
     };
     let clk = clk_tck();
@@ -55,6 +56,224 @@ fn main() {
         output_throughput(quick, clk);
         output_rings(quick);
     }
+    if only("probes") {
+        probes(quick, clk);
+    }
+}
+
+/// The probes' HTTP server: in this process (its CPU is not procwatch's), on a free loopback
+/// port with a deep accept queue, one thread. `GET /N` answers 500 while program N has failures
+/// left to answer (see `fail`), 200 otherwise; every request is counted and every 500 recorded.
+struct HealthServer {
+    port: u16,
+    sick: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>>,
+    served: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// (program, Unix time) of every 500 answered.
+    failed: std::sync::Arc<std::sync::Mutex<Vec<(usize, f64)>>>,
+}
+
+impl HealthServer {
+    fn start(n: usize) -> HealthServer {
+        use std::os::fd::FromRawFd;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::{Arc, Mutex};
+        // SAFETY: plain socket calls on a socket we own; listen(2) with a queue deep enough
+        // for a burst of every probe at once (std's TcpListener asks for 128).
+        let listener = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            assert!(fd >= 0);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as u16;
+            addr.sin_addr.s_addr = u32::from_ne_bytes([127, 0, 0, 1]);
+            let len = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            assert_eq!(libc::bind(fd, (&addr as *const libc::sockaddr_in).cast(), len), 0);
+            assert_eq!(libc::listen(fd, 4096), 0);
+            std::net::TcpListener::from_raw_fd(fd)
+        };
+        let port = listener.local_addr().unwrap().port();
+        let sick: Arc<Vec<AtomicU64>> = Arc::new((0..n).map(|_| AtomicU64::new(0)).collect());
+        let served = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(Mutex::new(Vec::new()));
+        let (s, v, f) = (Arc::clone(&sick), Arc::clone(&served), Arc::clone(&failed));
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                let mut req = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !req.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => req.extend_from_slice(&buf[..k]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&req);
+                let i: Option<usize> = text
+                    .strip_prefix("GET /")
+                    .and_then(|r| r.split(' ').next())
+                    .and_then(|p| p.parse().ok());
+                let ill = i.is_some_and(|i| {
+                    s.get(i).is_some_and(|b| {
+                        b.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| k.checked_sub(1))
+                            .is_ok()
+                    })
+                });
+                let reply: &[u8] = if ill {
+                    b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                };
+                let _ = conn.write_all(reply);
+                if let (true, Some(i)) = (ill, i) {
+                    f.lock().unwrap().push((i, unix_now()));
+                }
+                v.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+        HealthServer {
+            port,
+            sick,
+            served,
+            failed,
+        }
+    }
+
+    fn served(&self) -> u64 {
+        self.served.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Program `i`'s next `checks` checks fail.
+    fn fail(&self, i: usize, checks: u64) {
+        self.sick[i].store(checks, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+/// 1000 programs (`sleep`) with an http liveness probe every 10 s against a real server,
+/// beside the same 1000 without probes, in the same run: procwatch's CPU over a window with
+/// no scrapes, in % of one core. Then some of them start failing their probe: the time from
+/// the server's first 500 to the new run (bound: period x failure_threshold + the restart), and
+/// from the last failed check to the new run (procwatch's own reaction: stop and start).
+fn probes(quick: bool, clk: f64) {
+    const N: usize = 1000;
+    const PERIOD: u64 = 10;
+    const THRESHOLD: u64 = 3;
+    let window = Duration::from_secs(if quick { 30 } else { 60 });
+    let sick_n = if quick { 20 } else { 50 };
+    let server = HealthServer::start(N);
+    let cpu_over = |pw: &Pw| {
+        let c0 = pw.cpu(clk);
+        let t0 = Instant::now();
+        std::thread::sleep(window);
+        let pct = (pw.cpu(clk) - c0).as_secs_f64() / t0.elapsed().as_secs_f64() * 100.0;
+        (pct, loadavg())
+    };
+    let up = |pw: &Pw| {
+        wait(Duration::from_secs(600), || {
+            (sum(&pw.get("/metrics"), "procwatch_process_up{") as usize == N).then_some(())
+        })
+    };
+
+    // The same programs without probes.
+    let pw = Pw::start(&programs_yaml(N), &[]);
+    up(&pw);
+    std::thread::sleep(Duration::from_secs(3));
+    let (idle, idle_load) = cpu_over(&pw);
+    pw.stop();
+
+    let mut yaml = String::from("status_interval: 0\nshutdown_timeout: 60s\nprocesses:\n");
+    for i in 0..N {
+        yaml.push_str(&format!(
+            "  - name: p{i}\n    command: [sleep, '100000']\n    restart: always\n    backoff: {{initial: 0s, max: 0s}}\n    liveness: {{http: {{url: 'http://127.0.0.1:{}/{i}', status: 200}}, period: {PERIOD}s, timeout: 1s, failure_threshold: {THRESHOLD}}}\n",
+            server.port
+        ));
+    }
+    let pw = Pw::start(&yaml, &[]);
+    up(&pw);
+    // Every probe has checked at least once, then a few seconds more.
+    wait(Duration::from_secs(120), || (server.served() >= N as u64).then_some(()));
+    std::thread::sleep(Duration::from_secs(2));
+    let served0 = server.served();
+    let (probed, probed_load) = cpu_over(&pw);
+    let served = server.served() - served0;
+    let body = pw.get("/metrics");
+    let failures = sum(&body, "procwatch_probe_failures_total{");
+    let restarts0 = sum(&body, "procwatch_process_restarts_total{");
+    println!(
+        "probes: {N} programs with an http liveness probe every {PERIOD}s: procwatch CPU {probed:.3}% of a core over {} s ({served} checks served, {:.0}/s; {failures} failed) (load average {probed_load}); the same {N} without probes: {idle:.3}% (load average {idle_load})",
+        window.as_secs(),
+        served as f64 / window.as_secs_f64(),
+    );
+
+    // Liveness: `sick_n` programs, spread over the 1000, start failing at once, each for
+    // `THRESHOLD` checks in a row (the new run is healthy).
+    let started_at = |body: &str| -> Vec<f64> {
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        let mut at = vec![0.0; N];
+        for p in v["programs"].as_array().unwrap() {
+            let name = p["name"].as_str().unwrap();
+            let i: usize = name[1..].parse().unwrap();
+            at[i] = p["started_at"].as_f64().unwrap_or(0.0);
+        }
+        at
+    };
+    let sick: Vec<usize> = (0..sick_n).map(|k| k * (N / sick_n)).collect();
+    let before = started_at(&pw.get("/api/v1/programs"));
+    server.failed.lock().unwrap().clear();
+    let t0 = unix_now();
+    for &i in &sick {
+        server.fail(i, THRESHOLD);
+    }
+    let mut restarted: Vec<Option<f64>> = vec![None; N];
+    wait(Duration::from_secs(PERIOD * THRESHOLD + 60), || {
+        let now = started_at(&pw.get("/api/v1/programs"));
+        for &i in &sick {
+            if restarted[i].is_none() && now[i] > before[i] {
+                restarted[i] = Some(now[i]);
+            }
+        }
+        // Each poll is a gather of 1000 programs: not too often, not to weigh on procwatch.
+        std::thread::sleep(Duration::from_secs(1));
+        sick.iter().all(|&i| restarted[i].is_some()).then_some(())
+    });
+    let failed = server.failed.lock().unwrap().clone();
+    let mut total = Vec::new();
+    let mut reaction = Vec::new();
+    for &i in &sick {
+        let new_run = restarted[i].unwrap();
+        total.push(new_run - t0);
+        let last = failed
+            .iter()
+            .filter(|&&(j, t)| j == i && t <= new_run)
+            .map(|&(_, t)| t)
+            .fold(f64::NAN, f64::max);
+        reaction.push((new_run - last) * 1e3);
+    }
+    let body = pw.get("/metrics");
+    let restarts = sum(&body, "procwatch_process_restarts_total{") - restarts0;
+    let after = started_at(&pw.get("/api/v1/programs"));
+    pw.stop();
+    let others = (0..N).filter(|i| !sick.contains(i)).count();
+    let kept = (0..N).filter(|i| !sick.contains(i) && after[*i] == before[*i]).count();
+    total.sort_by(f64::total_cmp);
+    reaction.sort_by(f64::total_cmp);
+    let q = |v: &[f64], p: usize| v[(v.len() * p / 100).min(v.len() - 1)];
+    println!(
+        "liveness restart, {} of {N} programs failing (period {PERIOD}s x failure_threshold {THRESHOLD} = {} s, backoff 0s): probe failing from -> new run min {:.2} s, median {:.2} s, max {:.2} s; last failed check -> new run median {:.1} ms, p90 {:.1} ms, max {:.1} ms; restarts counted {restarts} ({} expected); {kept} of the other {others} kept their run (load average {})",
+        sick.len(),
+        PERIOD * THRESHOLD,
+        total[0],
+        q(&total, 50),
+        total[total.len() - 1],
+        q(&reaction, 50),
+        q(&reaction, 90),
+        reaction[reaction.len() - 1],
+        sick.len(),
+        loadavg()
+    );
 }
 
 /// One program writes 100-byte lines as fast as it can; procwatch reads, frames, counts,
