@@ -180,7 +180,8 @@ fn probes(quick: bool, clk: f64) {
     // The same programs without probes.
     let pw = Pw::start(&programs_yaml(N), &[]);
     up(&pw);
-    std::thread::sleep(Duration::from_secs(3));
+    // Past the start-up's tail, as in the probes' case below.
+    std::thread::sleep(Duration::from_secs(10));
     let (idle, idle_load) = cpu_over(&pw);
     pw.stop();
 
@@ -193,9 +194,10 @@ fn probes(quick: bool, clk: f64) {
     }
     let pw = Pw::start(&yaml, &[]);
     up(&pw);
-    // Every probe has checked at least once, then a few seconds more.
+    // Every probe has checked at least once, and as long after the start as above.
+    let t_up = Instant::now();
     wait(Duration::from_secs(120), || (server.served() >= N as u64).then_some(()));
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(10).saturating_sub(t_up.elapsed()));
     let served0 = server.served();
     let (probed, probed_load) = cpu_over(&pw);
     let served = server.served() - served0;
@@ -203,9 +205,11 @@ fn probes(quick: bool, clk: f64) {
     let failures = sum(&body, "procwatch_probe_failures_total{");
     let restarts0 = sum(&body, "procwatch_process_restarts_total{");
     println!(
-        "probes: {N} programs with an http liveness probe every {PERIOD}s: procwatch CPU {probed:.3}% of a core over {} s ({served} checks served, {:.0}/s; {failures} failed) (load average {probed_load}); the same {N} without probes: {idle:.3}% (load average {idle_load})",
+        "probes: {N} programs with an http liveness probe every {PERIOD}s: procwatch CPU {probed:.3}% of a core over {} s ({served} checks served, {:.0}/s; {failures} failed) (load average {probed_load}); the same {N} without probes: {idle:.3}% (load average {idle_load}); the probes' own: {:.3}%, {:.0} µs of CPU per check",
         window.as_secs(),
         served as f64 / window.as_secs_f64(),
+        probed - idle,
+        (probed - idle) / 100.0 * window.as_secs_f64() / served.max(1) as f64 * 1e6,
     );
 
     // Liveness: `sick_n` programs, spread over the 1000, start failing at once, each for
