@@ -111,7 +111,8 @@ fn crashing_program_is_restarted_with_backoff_and_counted() {
     let s = pw.wait_scrape(T, "4 restarts", |s| {
         s.prog("procwatch_process_restarts_total", "crash").unwrap_or(0.0) >= 4.0
     });
-    // 100 + 200 + 400 + 800 ms of backoff at least lie before the 4th restart.
+    // 100 + 200 + 400 + 800 ms of backoff at least lie before the 4th restart (the delays
+    // themselves, their cap and reset: `backoff_doubles_is_capped_and_resets`).
     assert!(t0.elapsed() >= Duration::from_millis(1500), "{:?}", t0.elapsed());
     let restarts = s.prog("procwatch_process_restarts_total", "crash").unwrap();
     let failures = s
@@ -330,4 +331,78 @@ fn shutdown_timeout_bounds_the_whole_stop() {
     assert!(t0.elapsed() < Duration::from_secs(5), "{:?}", t0.elapsed());
     let left = procs_with(&m);
     assert!(left.is_empty(), "left running: {left:?}");
+}
+
+/// Each run stamps its start and end (`date +%s%N`); runs 1-5 and 7-8 exit at once, run 6
+/// stays up 0.9 s, longer than `max`. The gaps between one run's end and the next one's start
+/// are the backoff: 200, 400, 800 (the cap), 800, 800, then 200 again after the long run (the
+/// reset), 400. Each gap is checked against a lower bound and an upper one that a missing cap
+/// (1600 ms) or a missing reset (800 ms after the long run) would exceed.
+#[test]
+fn backoff_doubles_is_capped_and_resets() {
+    let m = marker("backoff-seq");
+    let script = "n=$(cat runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > runs; echo \"s $(date +%s%N)\" >> stamps; [ $n -eq 6 ] && sleep 0.9; echo \"e $(date +%s%N)\" >> stamps; [ $n -ge 8 ] && sleep 600; exit 1";
+    let yaml = format!(
+        "status_interval: 0\nprocesses:\n  - name: seq\n    command: [sh, -c, '{script}', {m}]\n    backoff: {{initial: 200ms, max: 800ms}}\n"
+    );
+    let mut pw = Procwatch::start_marked(&yaml, &[], &m);
+    let stamps = pw.path("stamps");
+    let text = wait_for(Duration::from_secs(60), "8 runs", || {
+        let t = std::fs::read_to_string(&stamps).ok()?;
+        (t.lines().count() >= 16).then_some(t)
+    });
+    let ns: Vec<(char, u128)> = text
+        .lines()
+        .map(|l| {
+            let (k, v) = l.split_once(' ').unwrap();
+            (k.chars().next().unwrap(), v.trim().parse().unwrap())
+        })
+        .collect();
+    let gaps: Vec<u128> = ns
+        .windows(2)
+        .filter(|w| w[0].0 == 'e' && w[1].0 == 's')
+        .map(|w| (w[1].1 - w[0].1) / 1_000_000)
+        .collect();
+    let want = [200u128, 400, 800, 800, 800, 200, 400];
+    assert_eq!(gaps.len(), want.len(), "{gaps:?}");
+    for (i, (&got, &w)) in gaps.iter().zip(&want).enumerate() {
+        assert!(
+            got >= w && got < w + 350,
+            "gap {i}: {got} ms, want {w} ms; all: {gaps:?}"
+        );
+    }
+    assert!(pw.stop().success());
+    assert!(procs_with(&m).is_empty());
+}
+
+/// `backoff: {initial: 0s}` restarts at once 5 times in a row, then no faster than every 100 ms
+/// (was: 430 restarts a second), and the program is shown backing off meanwhile.
+#[test]
+fn zero_backoff_has_a_floor_for_a_program_that_keeps_exiting_at_once() {
+    let m = marker("backoff-floor");
+    let yaml = format!(
+        "status_interval: 0\nprocesses:\n  - name: spin\n    command: [sh, -c, 'exit 0', {m}]\n    restart: always\n    backoff: {{initial: 0s, max: 0s}}\n"
+    );
+    let mut pw = Procwatch::start_marked(&yaml, &[], &m);
+    let t0 = Instant::now();
+    // The first restarts are at once.
+    pw.wait_scrape(T, "5 restarts", |s| {
+        s.prog("procwatch_process_restarts_total", "spin").unwrap_or(0.0) >= 5.0
+    });
+    let first = pw.scrape().prog("procwatch_process_restarts_total", "spin").unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let later = pw.scrape().prog("procwatch_process_restarts_total", "spin").unwrap();
+    // At most one restart per 100 ms after the burst: 20 in 2 s (and a little slack for the
+    // scrapes' own timing); without the floor, hundreds.
+    assert!(
+        later - first <= 23.0,
+        "{first} then {later} restarts, {:?}",
+        t0.elapsed()
+    );
+    assert!(later - first >= 5.0, "it still restarts: {first} then {later}");
+    wait_for(T, "spin shown backing off", || {
+        let (code, out, _) = pw.ctl(&["status", "spin"]);
+        (code == 0 && out.contains("backoff")).then_some(())
+    });
+    assert!(pw.stop().success());
 }
