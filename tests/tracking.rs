@@ -430,11 +430,14 @@ fn cgroups_are_removed_at_exit() {
     assert!(!dir.exists(), "{} is still there", dir.display());
 }
 
-#[test]
-fn sigterm_during_a_reload_stops_within_shutdown_timeout() {
-    let m = util::marker("reload-term");
+/// The reload is stopping `stubborn` (TERM ignored, stop_timeout 60 s) when SIGTERM comes: the
+/// shutdown takes over that stop (it used to go on in a detached task nobody waited for, and
+/// procwatch exited at once, leaving it to the guardian), ends it with SIGKILL when
+/// shutdown_timeout passes, and exits.
+fn sigterm_during_a_reload(mode: Mode) {
+    let m = util::marker(&format!("reload-term-{mode:?}"));
     let pw_yaml = "shutdown_timeout: 2s\nprocesses:\n  - name: stubborn\n    command: [sh, -c, 'trap \"\" TERM; sleep 600 & wait; sleep 601']\n    stop_timeout: 60s\n  - name: plain\n    command: [sleep, '600']\n";
-    let mut pw = start(Mode::Cgroup, pw_yaml, &[], &m);
+    let mut pw = start(mode, pw_yaml, &[], &m);
     pw.wait_scrape(T, "stubborn and its child", |s| {
         s.prog("procwatch_process_tree_processes", "stubborn") == Some(2.0)
     });
@@ -451,4 +454,21 @@ fn sigterm_during_a_reload_stops_within_shutdown_timeout() {
     // 2 s of shutdown_timeout, not 60 s of stop_timeout.
     assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
     gone(&m, "everything to be gone");
+    let log = pw.stderr();
+    assert!(
+        log.contains("shutdown_timeout passed; killing what is left"),
+        "the shutdown waited for the reload's stop and ended it:\n{log}"
+    );
+    assert!(
+        !log.contains("the guardian killed processes"),
+        "nothing was left for the guardian:\n{log}"
+    );
+}
+
+#[test]
+fn sigterm_during_a_reload_stops_within_shutdown_timeout() {
+    if cgroup2().is_some() {
+        sigterm_during_a_reload(Mode::Cgroup);
+    }
+    sigterm_during_a_reload(Mode::Unprivileged);
 }

@@ -322,6 +322,30 @@ struct Runner {
     commands: mpsc::Sender<control::Request>,
 }
 
+/// Runners a reload is stopping, in a task of their own, so that a shutdown that preempts the
+/// reload (dropping `apply` mid-way) still finds them, waits for them within its bound, and
+/// kills them past it.
+struct Retiring {
+    /// Their stop tokens (cancelled one by one, in reverse dependency order, by the task).
+    stops: Vec<CancellationToken>,
+    /// Cancelled once every one of them has stopped.
+    done: CancellationToken,
+}
+
+impl Retiring {
+    /// Starts stopping `runners` in reverse dependency order.
+    fn start(runners: Vec<Runner>) -> Retiring {
+        let stops = runners.iter().map(|r| r.stop.clone()).collect();
+        let done = CancellationToken::new();
+        let finished = done.clone();
+        tokio::spawn(async move {
+            stop_in_order(runners).await;
+            finished.cancel();
+        });
+        Retiring { stops, done }
+    }
+}
+
 /// Stops `runners` in reverse dependency order: each program is told to stop once every
 /// program among `runners` that depends on it has stopped; unrelated programs stop at once.
 /// Returns when all have stopped.
@@ -366,6 +390,8 @@ pub struct Supervisor {
     runners: HashMap<String, Runner>,
     /// Each runner's command sender by name, republished by `apply`.
     commands: control::Senders,
+    /// Runners being stopped by a reload (see [`Retiring`]).
+    retiring: Vec<Retiring>,
 }
 
 impl Supervisor {
@@ -391,6 +417,7 @@ impl Supervisor {
             published: Arc::new(ArcSwap::from_pointee(Vec::new())),
             runners: HashMap::new(),
             commands: Arc::default(),
+            retiring: Vec::new(),
         })
     }
 
@@ -419,8 +446,14 @@ impl Supervisor {
         let report = ApplyReport::diff(self.runners.iter().map(|(n, r)| (n, &*r.config)), configs, |c| &c.name);
         // Stop what was removed or changed, dependents before what they depend on, and wait
         // for all of them.
+        // The stops run in a task the supervisor keeps track of: a shutdown may drop this
+        // future while they wait out a stop_timeout, and must still finish them.
+        self.retiring.retain(|r| !r.done.is_cancelled());
         let stopping = report.to_stop().filter_map(|name| self.runners.remove(name)).collect();
-        stop_in_order(stopping).await;
+        let retiring = Retiring::start(stopping);
+        let done = retiring.done.clone();
+        self.retiring.push(retiring);
+        done.cancelled().await;
         self.output.set_names(configs.iter().map(|c| c.name.as_str()));
         // Programs are kept by name, so a restarted program's counters go on.
         let old: HashMap<String, Arc<Program>> = self
@@ -500,10 +533,16 @@ impl Supervisor {
     /// removes the cgroups procwatch made.
     pub async fn shutdown(&mut self, timeout: Duration) {
         self.commands.store(Arc::default());
-        let stops: Vec<CancellationToken> = self.runners.values().map(|r| r.stop.clone()).collect();
+        let mut stops: Vec<CancellationToken> = self.runners.values().map(|r| r.stop.clone()).collect();
+        // What a preempted reload was stopping is finished here too, within the same bound.
+        let retiring = std::mem::take(&mut self.retiring);
+        stops.extend(retiring.iter().flat_map(|r| r.stops.iter().cloned()));
         let runners = self.runners.drain().map(|(_, r)| r).collect();
         let all = async {
             stop_in_order(runners).await;
+            for r in &retiring {
+                r.done.cancelled().await;
+            }
             self.stop_strays().await;
         };
         if tokio::time::timeout(timeout, all).await.is_err() {
