@@ -24,12 +24,14 @@ fn main() {
         return hold(&args[2], &args[3]);
     }
     let quick = args.iter().any(|a| a == "quick");
-    // `-- files`, `-- restart`, `-- control`, `-- scrape`, `-- encode`, `-- output` or
-    // `-- probes` runs one part only;
-    // `-- N` (a number) measures scrapes at N programs only.
+    // `-- files`, `-- restart`, `-- start`, `-- control`, `-- scrape`, `-- encode`, `-- output`
+    // or `-- probes` runs one part only;
+    // `-- N` (a number) measures scrapes (and starts) at N programs only.
     let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let only = |part: &str| {
-        let parts = ["files", "restart", "control", "scrape", "encode", "output", "probes"];
+        let parts = [
+            "files", "restart", "start", "control", "scrape", "encode", "output", "probes",
+        ];
         !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
     };
     let clk = clk_tck();
@@ -42,6 +44,9 @@ fn main() {
         for n in [1000, 5000] {
             encoders(n, quick);
         }
+    }
+    if only("start") {
+        start_all(quick, &sizes);
     }
     if only("restart") {
         restart_latency(quick);
@@ -1075,7 +1080,71 @@ fn descendants(roots: &[i32]) -> Vec<i32> {
     out
 }
 
+/// Starting N programs (`sleep`): from launching procwatch to every program exec'd (each is
+/// a child of procwatch's spawner thread; a PID is returned once its child has exec'd), and to
+/// every one reported up on `/metrics`. The floor: this bench spawning the same N processes
+/// itself, one after another, with `std::process::Command` (posix_spawn).
+fn start_all(quick: bool, only: &[usize]) {
+    let sizes: &[usize] = if !only.is_empty() {
+        only
+    } else if quick {
+        &[1000]
+    } else {
+        &[1000, 5000]
+    };
+    for &n in sizes {
+        let mut floor = Vec::with_capacity(n);
+        let t = Instant::now();
+        for _ in 0..n {
+            floor.push(
+                Command::new("sleep")
+                    .arg("100000")
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .unwrap(),
+            );
+        }
+        let floor_s = t.elapsed().as_secs_f64();
+        for c in &mut floor {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let t0 = Instant::now();
+        let pw = Pw::start(&programs_yaml(n), &[]);
+        let mut kids = Vec::new();
+        wait(Duration::from_secs(600), || {
+            kids.clear();
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", pw.supervisor)) else {
+                return None;
+            };
+            for task in tasks.flatten() {
+                if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
+                    kids.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+                }
+            }
+            (kids.len() >= n).then_some(())
+        });
+        let execd = t0.elapsed().as_secs_f64();
+        wait(Duration::from_secs(600), || {
+            (sum(&pw.get("/metrics"), "procwatch_process_up{") as usize == n).then_some(())
+        });
+        let up = t0.elapsed().as_secs_f64();
+        pw.stop();
+        println!(
+            "start {n} programs (sleep): all exec'd {execd:.2} s, all up on /metrics {up:.2} s (from launching procwatch); \
+             floor (this bench spawning {n} itself) {floor_s:.2} s; load average {}",
+            load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        );
+    }
+}
+
+const STAMP_RUN: Duration = Duration::from_millis(110);
+
 fn restart_latency(quick: bool) {
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("stamps");
     let me = std::env::current_exe().unwrap();
@@ -1086,7 +1155,7 @@ fn restart_latency(quick: bool) {
     );
     let runs = if quick { 100 } else { 400 };
     let pw = Pw::start(&yaml, &[]);
-    wait(Duration::from_secs(120), || {
+    wait(Duration::from_secs(300), || {
         let n = std::fs::read_to_string(&file).map(|t| t.lines().count()).unwrap_or(0);
         (n >= 2 * runs).then_some(())
     });
@@ -1107,10 +1176,12 @@ fn restart_latency(quick: bool) {
         .collect();
     gaps.sort_by(f64::total_cmp);
     println!(
-        "restart latency (exit -> next run's first instruction, backoff 0s): median {:.2} ms, p99 {:.2} ms over {} restarts",
+        "restart latency (exit -> next run's first instruction, backoff 0s, runs of {} ms): median {:.2} ms, p99 {:.2} ms over {} restarts; load average {}",
+        STAMP_RUN.as_millis(),
         gaps[gaps.len() / 2],
         gaps[(gaps.len() * 99 / 100).min(gaps.len() - 1)],
-        gaps.len()
+        gaps.len(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
 }
 
@@ -1282,10 +1353,13 @@ fn hold(file: &str, name: &str) {
     stamp('t', now());
 }
 
-/// Run as a program by the restart-latency test: note the start and the end, and exit.
+/// Run as a program by the restart-latency test: note the start and the end, and exit. It
+/// stays up for `STAMP_RUN`, longer than the backoff floor: a program that exits at once is
+/// restarted at once only 5 times in a row, then no faster than every 100 ms.
 fn stamp(file: &str) {
     let now = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
     let start = now();
+    std::thread::sleep(STAMP_RUN);
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
