@@ -406,3 +406,47 @@ fn zero_backoff_has_a_floor_for_a_program_that_keeps_exiting_at_once() {
     });
     assert!(pw.stop().success());
 }
+
+/// A program gets fds 0, 1 and 2 and nothing else of procwatch's (which holds hundreds: kept
+/// /proc and cgroup files, two pipes per program), whichever tracking mode spawned it; and
+/// when it ends, its output pipes reach end of file (procwatch's spawner keeps no copy).
+#[test]
+fn a_program_gets_only_its_stdio_and_procwatch_keeps_no_copy_of_its_pipes() {
+    let m = marker("fds");
+    let mut yaml = String::from("processes:\n");
+    for i in 0..40 {
+        yaml.push_str(&format!("  - name: p{i}\n    command: [sleep, '600']\n"));
+    }
+    yaml.push_str("  - name: once\n    command: [sh, -c, 'echo last words; sleep 0.2']\n    restart: never\n");
+    let pw = Procwatch::start_marked(&yaml, &[], &m);
+    let pid = wait_for(T, "p39 to run", || pw.scrape().prog("procwatch_process_pid", "p39")) as i32;
+    let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            let target = std::fs::read_link(e.path()).unwrap().display().to_string();
+            (e.file_name().to_string_lossy().into_owned(), target)
+        })
+        .collect();
+    fds.sort();
+    let names: Vec<&str> = fds.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["0", "1", "2"], "{fds:?}");
+    assert_eq!(fds[0].1, "/dev/null", "{fds:?}");
+    assert!(
+        fds[1].1.starts_with("pipe:") && fds[2].1.starts_with("pipe:"),
+        "{fds:?}"
+    );
+    // The one-shot's run ends only once its pipes are at end of file: were a copy of their
+    // write ends kept by procwatch, it would never be shown as exited.
+    wait_for(T, "the one-shot's exit to be recorded", || {
+        pw.scrape()
+            .get(
+                "procwatch_process_exits_total",
+                &[("name", "once"), ("reason", "success")],
+            )
+            .filter(|&n| n == 1.0)
+    });
+    wait_for(T, "its line to be passed on", || {
+        pw.stdout().contains("last words").then_some(())
+    });
+}
