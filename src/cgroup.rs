@@ -1,12 +1,15 @@
 //! cgroup v2: detect, create, place, read, kill, remove. Nothing else touches cgroupfs.
 //!
 //! Each program runs in `<base>/programs/<name>/`, where `<base>` is procwatch's own cgroup
-//! (when procwatch is alone in it: delegated by systemd; procwatch then moves itself to
-//! `<own>/supervisor/`, obeying the no-internal-processes rule) or `<own>/procwatch-<pid>/`
-//! (when its own cgroup holds other processes too, such as the root of a host without systemd
-//! or a test runner's cgroup, so that instances never collide). procwatch never creates,
-//! writes or removes anything outside `<base>`, and removes `<base>` (or what it made in it)
-//! when it stops. See the kernel's Documentation/admin-guide/cgroup-v2.rst.
+//! when procwatch (with its guardian) is alone in it and it is not the hierarchy's root: a
+//! unit systemd delegates (`Delegate=yes`), or the root of a container's cgroup namespace.
+//! procwatch then moves itself to `<own>/supervisor/` and enables controllers for its
+//! programs, as systemd does for a service (and as its `DelegateSubgroup=supervisor` does
+//! beforehand). Where its own cgroup holds other processes too (the root of a host without
+//! systemd, a login session, a test runner's cgroup), `<base>` is `<own>/procwatch-<pid>/`, so
+//! that instances never collide. procwatch never creates, writes or removes anything outside
+//! `<base>` (and `<own>/supervisor/`), and removes `<base>` (or what it made in it) when it
+//! stops. See the kernel's Documentation/admin-guide/cgroup-v2.rst.
 //!
 //! Works on a unified hierarchy and on the cgroup2 part of a hybrid one (tracking, `cpu.stat`,
 //! `cgroup.kill`, `cgroup.events`, PSI); memory, pids and io figures and `resources:` need the
@@ -126,29 +129,63 @@ pub struct Location {
 }
 
 /// Finds the cgroup2 mount (`/sys/fs/cgroup` unified, or `/sys/fs/cgroup/unified` hybrid) and
-/// this process's cgroup in it.
+/// this process's cgroup in it. The mount's root (mountinfo's fourth field) counts: a cgroup2
+/// mounted inside a container's cgroup namespace has its root at the namespace's root, and one
+/// bound in from outside it shows a root such as `/..`, under which procwatch's cgroup cannot
+/// be found (it would be some other cgroup of the same name).
 pub fn locate() -> Result<Location, String> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-    let mount = parse_mountinfo(&mountinfo).ok_or("no cgroup2 file system is mounted")?;
+    let mounts = parse_cgroup2_mounts(&mountinfo);
     let cgroup = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("/proc/self/cgroup: {e}"))?;
     let own = parse_own_cgroup(&cgroup).ok_or("/proc/self/cgroup has no cgroup v2 (0::) line")?;
-    Ok(Location {
-        own: mount.join(own.trim_start_matches('/')),
-        mount,
-    })
+    let Some((mount, root)) = mounts.first() else {
+        return Err("no cgroup2 file system is mounted".to_owned());
+    };
+    // The first mount that shows procwatch's cgroup (a later one may cover an earlier one).
+    mounts
+        .iter()
+        .find_map(|(mount, root)| {
+            let rel = Path::new(&own).strip_prefix(root).ok()?;
+            Some(Location {
+                own: if rel.as_os_str().is_empty() {
+                    mount.clone()
+                } else {
+                    mount.join(rel)
+                },
+                mount: mount.clone(),
+            })
+        })
+        .ok_or_else(|| {
+            format!(
+                "the cgroup2 file system at {} shows {root} of the hierarchy, which does not hold procwatch's cgroup ({own}): \
+                 mount cgroup2 inside procwatch's cgroup namespace",
+                mount.display()
+            )
+        })
 }
 
 /// The mount point of the first cgroup2 file system in /proc/self/mountinfo (proc(5)).
 pub fn parse_mountinfo(text: &str) -> Option<PathBuf> {
-    text.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        let point = left.split_whitespace().nth(4)?;
-        Some(PathBuf::from(unescape_mount(point)))
-    })
+    parse_cgroup2_mounts(text).into_iter().next().map(|(mount, _)| mount)
+}
+
+/// The cgroup2 file systems in mountinfo text, in its order: each mount point and its root
+/// (the cgroup shown at the mount point, as a path from the reader's cgroup namespace root;
+/// `/..` and the like for a mount made outside that namespace).
+pub fn parse_cgroup2_mounts(text: &str) -> Vec<(PathBuf, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            if right.split_whitespace().next()? != "cgroup2" {
+                return None;
+            }
+            let mut fields = left.split_whitespace().skip(3);
+            let root = unescape_mount(fields.next()?);
+            let point = fields.next()?;
+            Some((PathBuf::from(unescape_mount(point)), root))
+        })
+        .collect()
 }
 
 /// mountinfo escapes space, tab, newline and backslash as octal.
@@ -225,29 +262,64 @@ pub fn probe(setting: CgroupSetting) -> Result<String, CgroupError> {
     }
 }
 
+/// Where procwatch works, given where it is (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    /// Its cgroup holds no process but procwatch and its guardian, and is not the
+    /// hierarchy's root: a unit delegated by systemd (`Delegate=yes`), or the root of a
+    /// container's cgroup namespace. `<own>` is the base: procwatch moves to
+    /// `<own>/supervisor/` and enables controllers in `<own>`, as systemd does for a service.
+    Own,
+    /// Already in `<parent>/supervisor/`, with nothing in `<parent>` itself: systemd's
+    /// `DelegateSubgroup=supervisor`, or a procwatch started again in a subtree it set up.
+    Subgroup,
+    /// Others live in its cgroup (the root of a host without systemd, a login session, a
+    /// test runner's cgroup): `<own>/procwatch-<pid>/`, so that instances never collide.
+    Shared,
+}
+
+/// Chooses the layout; `members`: the processes of procwatch's own cgroup.
+fn layout(loc: &Location, members: &[i32], ours: impl Fn(i32) -> bool) -> Layout {
+    // The hierarchy's real root has no `cgroup.type` (cgroup-v2.rst); the root of a cgroup
+    // namespace, which a container sees at its mount point, does.
+    if !loc.own.join("cgroup.type").exists() {
+        return Layout::Shared;
+    }
+    let subgroup = loc.own != loc.mount
+        && loc.own.file_name().is_some_and(|n| n == "supervisor")
+        && loc
+            .own
+            .parent()
+            .is_some_and(|p| read_pids(&p.join("cgroup.procs")).is_ok_and(|v| v.is_empty()));
+    if subgroup {
+        // Whoever else is in supervisor/ (an ExecReload= helper, a `docker exec` shell)
+        // stays there with procwatch: nothing needs to move.
+        Layout::Subgroup
+    } else if members.iter().all(|&p| ours(p)) {
+        Layout::Own
+    } else {
+        Layout::Shared
+    }
+}
+
 fn set_up(guardian: Option<i32>) -> Result<Tree, String> {
     let loc = locate()?;
     // SAFETY: getpid has no preconditions.
     let me = unsafe { libc::getpid() };
     let ours = |pid: i32| pid == me || Some(pid) == guardian;
-    let (base, own_base) = if loc.own.file_name().is_some_and(|n| n == "supervisor")
-        && loc.own != loc.mount
-        && loc
-            .own
-            .parent()
-            .is_some_and(|p| read_pids(&p.join("cgroup.procs")).is_ok_and(|v| v.is_empty()))
-    {
-        // systemd's DelegateSubgroup=supervisor put procwatch in a leaf of its delegated cgroup.
-        (loc.own.parent().expect("checked above").to_path_buf(), false)
-    } else {
-        let members = read_pids(&loc.own.join("cgroup.procs")).map_err(|e| format!("{}: {e}", loc.own.display()))?;
-        if loc.own != loc.mount && members.iter().all(|&p| ours(p)) {
-            (loc.own.clone(), false)
-        } else {
-            // Shared with other processes: a subtree of our own, named so that a later
-            // instance can tell whether we still live.
-            (loc.own.join(format!("procwatch-{me}")), true)
-        }
+    let members = read_pids(&loc.own.join("cgroup.procs")).map_err(|e| format!("{}: {e}", loc.own.display()))?;
+    if !members.contains(&me) {
+        return Err(format!(
+            "{} does not list procwatch (PID {me}) among its processes: cgroup2 is not mounted as procwatch's namespaces see it",
+            loc.own.display()
+        ));
+    }
+    let layout = layout(&loc, &members, ours);
+    let (base, own_base) = match layout {
+        Layout::Own => (loc.own.clone(), false),
+        Layout::Subgroup => (loc.own.parent().expect("checked by layout").to_path_buf(), false),
+        // Named so that a later instance can tell whether this one still lives.
+        Layout::Shared => (loc.own.join(format!("procwatch-{me}")), true),
     };
     if own_base {
         remove_dead_instances(&loc.own);
@@ -297,19 +369,40 @@ fn writable_reason(path: &Path, e: &io::Error) -> String {
     )
 }
 
-/// Turns on, for programs/, the resource controllers the base has; returns those it could.
+/// The controllers procwatch turns on for its programs' cgroups where its base is offered
+/// them: memory (`memory.current`, `memory.peak`, OOM kills, `memory.max`), pids (`pids.max`),
+/// io (`io.stat`: read and written bytes, dead processes included) and cpu (`cpu.max`).
+/// `cpu.stat`'s usage needs no controller; cpu is on so that `resources: {cpu}` can be kept
+/// at any reload. With it, programs share a contended CPU by program (each has `cpu.weight`
+/// 100) rather than by thread, as systemd services do where the cpu controller is on.
+pub const CONTROLLERS: [&str; 4] = ["memory", "pids", "io", "cpu"];
+
+/// Turns on, for programs/, each of [`CONTROLLERS`] that `base` is offered (its
+/// `cgroup.controllers`); returns those it could. `base` holds no process by now (the kernel's
+/// no-internal-processes rule refuses controllers for the children of a cgroup that does,
+/// its root excepted). One write per controller, so that one the kernel refuses (cpu with a
+/// real-time process in the subtree) leaves the others on; the refusal is logged.
 fn enable_controllers(base: &Path, programs: &Path) -> BTreeSet<String> {
     let available = read_controllers(&base.join("cgroup.controllers"));
     let mut enabled = BTreeSet::new();
-    for c in RESOURCE_CONTROLLERS {
+    for c in CONTROLLERS {
         if !available.contains(c) {
             continue;
         }
         let line = format!("+{c}");
-        if write_file(&base.join("cgroup.subtree_control"), &line).is_ok()
-            && write_file(&programs.join("cgroup.subtree_control"), &line).is_ok()
-        {
-            enabled.insert(c.to_owned());
+        let written = write_file(&base.join("cgroup.subtree_control"), &line)
+            .map_err(|e| (base, e))
+            .and_then(|()| write_file(&programs.join("cgroup.subtree_control"), &line).map_err(|e| (programs, e)));
+        match written {
+            Ok(()) => {
+                enabled.insert(c.to_owned());
+            }
+            Err((dir, e)) => tracing::warn!(
+                controller = c,
+                cgroup = %dir.display(),
+                error = %e,
+                "cannot enable a controller for the programs' cgroups; its figures and limits are unavailable"
+            ),
         }
     }
     enabled
@@ -1022,6 +1115,28 @@ mod tests {
             parse_mountinfo("42 25 0:39 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory\n"),
             None
         );
+    }
+
+    /// The mount's root (fourth field): `/` for a cgroup2 mounted in procwatch's cgroup
+    /// namespace (a container's own mount), `/..` for the host's mount seen from inside a
+    /// namespace, where procwatch's cgroup is not found (and no other is taken for it).
+    #[test]
+    fn a_cgroup2_mount_carries_its_root() {
+        let container = "48 47 0:38 / /sys/fs/cgroup rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mounts(container),
+            [(PathBuf::from("/sys/fs/cgroup"), "/".to_owned())]
+        );
+        let outside = "58 48 0:38 /.. /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+                       61 48 0:38 / /mnt/cg rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(
+            parse_cgroup2_mounts(outside),
+            [
+                (PathBuf::from("/sys/fs/cgroup/unified"), "/..".to_owned()),
+                (PathBuf::from("/mnt/cg"), "/".to_owned())
+            ]
+        );
+        assert!(Path::new("/").strip_prefix("/..").is_err(), "/ is not under /..");
     }
 
     #[test]

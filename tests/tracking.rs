@@ -472,3 +472,317 @@ fn sigterm_during_a_reload_stops_within_shutdown_timeout() {
     }
     sigterm_during_a_reload(Mode::Unprivileged);
 }
+
+/// A fresh cgroup under the test's own, for procwatch to be alone in (as in a unit systemd
+/// delegates, or at the root of a container's cgroup namespace). On drop, everything in it is
+/// killed and the whole subtree removed.
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn make(mount: &Path, name: &str) -> Scratch {
+        let dir = own_cgroup(mount).join(format!("pwtest-{name}-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        Scratch(dir)
+    }
+
+    /// Makes `cmd` start in `sub` of this cgroup (`""`: in itself).
+    fn enter(&self, cmd: &mut std::process::Command, sub: &str) {
+        let procs = self.0.join(sub).join("cgroup.procs");
+        // SAFETY: the closure only writes to a file (async-signal-safe system calls) before exec.
+        unsafe { cmd.pre_exec(move || std::fs::write(&procs, "0")) };
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        procwatch::cgroup::kill_and_remove(&self.0);
+        if self.0.exists() {
+            eprintln!("!!! {} could not be removed", self.0.display());
+        }
+    }
+}
+
+/// The processes of the cgroup `dir`, sorted (as this test's PID namespace sees them).
+fn pids_in(dir: &Path) -> Vec<i32> {
+    let text = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    let mut pids: Vec<i32> = text.split_whitespace().map(|p| p.parse().unwrap()).collect();
+    pids.sort();
+    pids
+}
+
+fn words(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn first_child(pid: i32) -> Option<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+const PLAIN_YAML: &str = "processes:\n  - name: plain\n    command: [sleep, '600']\n";
+
+/// What procwatch alone in cgroup `base` (or in `base/supervisor/` already) does, as systemd
+/// does for a service with `Delegate=yes`: procwatch and its guardian in `base/supervisor/`,
+/// nothing in `base` itself, each program in `base/programs/<name>/`, and for the programs'
+/// cgroups every one of memory, pids, io and cpu that `base` is offered. This host offers
+/// none of them in cgroup v2 (a hybrid host keeps them in v1): that part is skipped with the
+/// reason printed, and what is checked instead is that nothing was enabled and the tracking
+/// line says so.
+fn assert_works_in_its_own_subtree(base: &Path, ours: [i32; 2], program: i32, log: &str) {
+    assert_eq!(
+        pids_in(base),
+        Vec::<i32>::new(),
+        "no process in the inner node {}",
+        base.display()
+    );
+    let mut ours = ours.to_vec();
+    ours.sort();
+    assert_eq!(
+        pids_in(&base.join("supervisor")),
+        ours,
+        "procwatch and its guardian:\n{log}"
+    );
+    assert_eq!(pids_in(&base.join("programs/plain")), [program]);
+    assert!(
+        !std::fs::read_dir(base)
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("procwatch-")),
+        "no procwatch-<pid> subtree"
+    );
+    let offered = words(&base.join("cgroup.controllers"));
+    let wanted: Vec<&str> = procwatch::cgroup::CONTROLLERS
+        .into_iter()
+        .filter(|c| offered.iter().any(|o| o == c))
+        .collect();
+    let line = log
+        .lines()
+        .find(|l| l.contains("tracking: "))
+        .expect("the tracking line");
+    if wanted.is_empty() {
+        eprintln!(
+            "!!! SKIPPED the controller check: {} is offered none of {:?} in cgroup v2 (offered: {offered:?}; this hybrid host keeps them in cgroup v1). Checked instead: nothing enabled, and the tracking line says so.",
+            base.display(),
+            procwatch::cgroup::CONTROLLERS
+        );
+        assert_eq!(
+            words(&base.join("programs/cgroup.subtree_control")),
+            Vec::<String>::new()
+        );
+        assert!(line.contains("no controllers"), "{line}");
+        return;
+    }
+    let file = |c: &str| match c {
+        "memory" => "memory.current",
+        "pids" => "pids.current",
+        "io" => "io.stat",
+        _ => "cpu.max",
+    };
+    for c in &wanted {
+        for dir in [base.to_path_buf(), base.join("programs")] {
+            let on = words(&dir.join("cgroup.subtree_control"));
+            assert!(
+                on.iter().any(|o| o == c),
+                "{c} on for the children of {}: {on:?}",
+                dir.display()
+            );
+        }
+        assert!(base.join("programs/plain").join(file(c)).exists(), "{c}: {}", file(c));
+    }
+    assert!(line.contains(&format!("controllers {}", wanted.join(","))), "{line}");
+}
+
+/// procwatch alone in its cgroup (a unit with `Delegate=yes`), and already in its
+/// `supervisor/` leaf with the unit's cgroup empty (`DelegateSubgroup=supervisor`): it works
+/// in that cgroup's `programs/`, never in a `procwatch-<pid>/` of its own, and at exit removes
+/// programs/ and leaves the unit's cgroup to its owner.
+#[test]
+fn alone_in_a_delegated_cgroup_it_works_in_programs_beside_supervisor() {
+    let Some(mount) = cgroup2() else { return };
+    for sub in ["", "supervisor"] {
+        let scratch = Scratch::make(&mount, &format!("deleg{}", sub.len()));
+        if !sub.is_empty() {
+            std::fs::create_dir(scratch.0.join(sub)).unwrap();
+        }
+        let m = util::marker(&format!("delegated-{sub}"));
+        let (dir, config) = util::config_dir(PLAIN_YAML);
+        let mut pw = Procwatch::start_with(
+            dir,
+            config.clone(),
+            &["--config", config.to_str().unwrap()],
+            &m,
+            |cmd| scratch.enter(cmd, sub),
+        );
+        let s = pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
+        assert_eq!(s.get("procwatch_tracking_info", &[("mode", "cgroup")]), Some(1.0));
+        let program = s.prog("procwatch_process_pid", "plain").unwrap() as i32;
+        let log = pw.stderr();
+        assert!(
+            log.contains(&format!("programs in {}", scratch.0.join("programs").display())),
+            "{log}"
+        );
+        assert_works_in_its_own_subtree(&scratch.0, [pw.pid(), pw.supervisor_pid()], program, &log);
+        assert!(pw.stop().success(), "{}", pw.stderr());
+        assert!(!scratch.0.join("programs").exists(), "programs/ removed at exit");
+        assert!(procs_with(&m).is_empty(), "{:?}", procs_with(&m));
+    }
+}
+
+/// A container with its own cgroup namespace and a writable cgroupfs (docker run --privileged
+/// --cgroupns=private, podman, a Kubernetes pod with a writable /sys/fs/cgroup): procwatch is
+/// the namespace's PID 1, alone in the namespace's root cgroup, and sees cgroup2 mounted at
+/// /sys/fs/cgroup with that root. Made here with `unshare` in a fresh cgroup: it moves to
+/// `supervisor/` and works in `programs/` of the container's cgroup, as systemd does as a
+/// container's init; SIGTERM (docker stop) takes everything down.
+#[test]
+fn in_a_containers_cgroup_namespace_it_works_in_programs_beside_supervisor() {
+    let Some(mount) = cgroup2() else { return };
+    let probe = std::process::Command::new("unshare")
+        .args(["--cgroup", "--mount", "--pid", "--fork", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("!!! SKIPPED: cannot make cgroup, mount and PID namespaces here (unshare needs CAP_SYS_ADMIN)");
+        return;
+    }
+    let scratch = Scratch::make(&mount, "cgns");
+    let m = util::marker("cgns");
+    let (dir, config) = util::config_dir(PLAIN_YAML);
+    let go = dir.path().join("go");
+    let c = std::ffi::CString::new(go.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let log = dir.path().join("stderr.log");
+    // Inside: cgroup2 mounted where a container sees it (its root is the namespace's root),
+    // then procwatch, once the test says go.
+    let script = "umount -l /sys/fs/cgroup 2>/dev/null; mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 99; read go < \"$1\"; shift; exec \"$@\"";
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--cgroup",
+        "--mount",
+        "--pid",
+        "--kill-child",
+        "--mount-proc",
+        "sh",
+        "-c",
+        script,
+        "sh",
+    ])
+    .arg(&go)
+    .arg(util::BIN)
+    .args([
+        "--config",
+        config.to_str().unwrap(),
+        "--web.listen-address",
+        "127.0.0.1:0",
+    ])
+    .args(["--log.level", "debug"])
+    .current_dir(dir.path())
+    .env(util::MARKER_VAR, &m)
+    .env("RUNTIME_DIRECTORY", dir.path())
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(std::fs::File::create(&log).unwrap());
+    scratch.enter(&mut cmd, "");
+    let mut unshare = cmd.spawn().unwrap();
+    let outer = unshare.id() as i32;
+    // The namespace's PID 1 was forked in the scratch cgroup, which is its namespace's root;
+    // unshare itself goes back out, so that PID 1 is alone there, as in a container.
+    let init = wait_for(T, "the namespace's PID 1", || first_child(outer));
+    std::fs::write(own_cgroup(&mount).join("cgroup.procs"), outer.to_string()).unwrap();
+    // (sh's umount and mount are done once it waits for go alone.)
+    wait_for(T, "PID 1 alone in the namespace's root cgroup", || {
+        (pids_in(&scratch.0) == [init]).then_some(())
+    });
+    std::fs::write(&go, "go\n").unwrap();
+    let addr = wait_for(T, "procwatch to log its address", || {
+        if let Ok(Some(status)) = unshare.try_wait() {
+            panic!(
+                "exited with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        util::logged_addr(&std::fs::read_to_string(&log).ok()?)
+    });
+    let s = wait_for(T, "plain up", || {
+        let (status, _, body) = util::http(&addr, "GET", "/metrics", "").ok()?;
+        let s = util::Scrape::parse(body);
+        (status == 200 && s.prog("procwatch_process_up", "plain") == Some(1.0)).then_some(s)
+    });
+    assert_eq!(
+        s.get("procwatch_tracking_info", &[("mode", "cgroup")]),
+        Some(1.0),
+        "{}",
+        s.text
+    );
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("cgroup mode: programs in /sys/fs/cgroup/programs"),
+        "{text}"
+    );
+    // PIDs as seen from outside the namespace: the guardian is its PID 1.
+    let supervisor = first_child(init).unwrap();
+    let program = procs_with(&m)
+        .into_iter()
+        .find(|(_, cmd)| cmd == "sleep 600")
+        .map(|(pid, _)| pid)
+        .expect("the program");
+    assert_works_in_its_own_subtree(&scratch.0, [init, supervisor], program, &text);
+
+    // docker stop: SIGTERM to the container's PID 1.
+    // SAFETY: plain syscall to our own grandchild.
+    unsafe { libc::kill(init, libc::SIGTERM) };
+    let status = util::wait_for_or_kill(&mut unshare, T).expect("procwatch exits on SIGTERM");
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(status.success(), "{status}:\n{text}");
+    assert!(
+        !scratch.0.join("programs").exists(),
+        "programs/ removed at exit:\n{text}"
+    );
+    gone(&m, "every program and procwatch process to be gone");
+}
+
+/// A cgroup namespace whose cgroup2 mount was made outside it (the host's, bound in): the
+/// mount shows `/..`, so procwatch's own cgroup (`/` in the namespace) is not the directory at
+/// the mount point, which is an ancestor's. procwatch says so and stays in proc mode; it used
+/// to take that ancestor for its own cgroup and work there.
+#[test]
+fn a_cgroup2_mount_from_outside_the_cgroup_namespace_means_proc_mode() {
+    let Some(mount) = cgroup2() else { return };
+    let scratch = Scratch::make(&mount, "outside");
+    let (dir, config) = util::config_dir(PLAIN_YAML);
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args([
+        "--cgroup",
+        util::BIN,
+        "--check-config",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+    .current_dir(dir.path());
+    scratch.enter(&mut cmd, "");
+    let out = cmd.output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() && stdout.is_empty() {
+        eprintln!(
+            "!!! SKIPPED: cannot make a cgroup namespace here: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    assert!(
+        stdout.contains(&format!(
+            "tracking: proc mode: the cgroup2 file system at {}",
+            mount.display()
+        )),
+        "{stdout}"
+    );
+    assert!(stdout.contains("does not hold procwatch's cgroup"), "{stdout}");
+}
