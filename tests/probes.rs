@@ -587,3 +587,62 @@ processes:
         }
     }
 }
+
+/// An exec probe's command gets fds 0, 1 and 2 and nothing else, as a program does: not an fd
+/// procwatch itself inherited without close-on-exec (here fd 9, as a jobserver pipe or a
+/// shell's stray fd would be), which `std::process::Command` used to pass on.
+#[test]
+fn an_exec_probe_gets_only_its_stdio() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let m = marker("probe-fds");
+    let yaml = "processes:\n  - name: web\n    command: [sleep, '600']\n    readiness:\n      exec: [sh, -c, 'ls -l /proc/self/fd/ > fds.tmp && mv fds.tmp probe-fds']\n      period: 100ms\n  - name: nope\n    command: [sleep, '600']\n    readiness: {exec: [/no/such/command], period: 100ms}\n";
+    let (dir, config) = config_dir(yaml);
+    let stray = std::fs::File::open(&config).unwrap();
+    let stray_fd = stray.as_raw_fd();
+    let pw = Procwatch::start_with(
+        dir,
+        config.clone(),
+        &["--config", config.to_str().unwrap()],
+        &m,
+        |cmd| {
+            // SAFETY: only dup2 between fork and exec; the copy at 9 is not close-on-exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::dup2(stray_fd, 9) == 9 {
+                        Ok(())
+                    } else {
+                        Err(std::io::Error::last_os_error())
+                    }
+                })
+            };
+        },
+    );
+    drop(stray);
+    let listing = wait_for(T, "the probe's listing", || {
+        std::fs::read_to_string(pw.path("probe-fds")).ok()
+    });
+    // `N -> TARGET` lines; ls's own fd on the directory it lists is the one other.
+    let fds: Vec<(u32, &str)> = listing
+        .lines()
+        .filter_map(|l| {
+            let (left, target) = l.split_once(" -> ")?;
+            Some((left.split_whitespace().last()?.parse().ok()?, target))
+        })
+        .collect();
+    let others: Vec<&(u32, &str)> = fds
+        .iter()
+        .filter(|(fd, target)| *fd > 2 && !target.starts_with("/proc/"))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "the probe got more than its stdio: {others:?}\n{listing}"
+    );
+    assert_eq!(fds.iter().filter(|(fd, _)| *fd <= 2).count(), 3, "{listing}");
+    // A command that cannot start still says why (the spawn's own error pipe survives).
+    wait_for(T, "the reason nope's check cannot start", || {
+        pw.stderr()
+            .contains(r#"cannot start \"/no/such/command\": No such file or directory"#)
+            .then_some(())
+    });
+}

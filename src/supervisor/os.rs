@@ -411,6 +411,8 @@ fn in_own_session(cmd: &mut Command, config: &ProgramConfig) {
             }
             // procwatch raised its own open-files limit for its kept /proc files; not theirs.
             crate::procfs::restore_nofile_in_child();
+            // Only fds 0-2 past exec.
+            super::probe::only_stdio_at_exec();
             Ok(())
         });
     }

@@ -486,6 +486,27 @@ async fn exec(os: &Arc<Os>, config: &Arc<ProgramConfig>, command: &[String], tim
     }
 }
 
+/// `close_range(2)`'s flag: mark the fds close-on-exec instead of closing them (Linux 5.11).
+const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+
+/// In an exec check's child, between fork and exec (async-signal-safe): every fd from 3 up
+/// is marked close-on-exec, so that the command gets fds 0, 1 and 2 only, as a program does
+/// (see spawn.rs), and not an fd procwatch itself inherited without close-on-exec (a
+/// jobserver pipe, a shell's stray fd). Marked rather than closed: `std::process::Command`
+/// reports a failed exec through a close-on-exec pipe of its own. A kernel before 5.11
+/// refuses the flag, and such inherited fds then stay open in the check.
+pub(super) fn only_stdio_at_exec() {
+    // SAFETY: a plain system call on the child's own fd table.
+    unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3 as libc::c_uint,
+            libc::c_uint::MAX,
+            CLOSE_RANGE_CLOEXEC,
+        );
+    }
+}
+
 /// The last bytes of an exec check's output, on one line.
 pub(super) fn tail_text(buf: &[u8]) -> String {
     let start = buf.len().saturating_sub(OUTPUT_TAIL);
