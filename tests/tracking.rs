@@ -613,6 +613,14 @@ fn alone_in_a_delegated_cgroup_it_works_in_programs_beside_supervisor() {
             std::fs::create_dir(scratch.0.join(sub)).unwrap();
         }
         let m = util::marker(&format!("delegated-{sub}"));
+        // What a procwatch killed with its whole process group left in this cgroup: a
+        // program's cgroup with a process still in it, removed at the next start.
+        let old = scratch.0.join("programs/old");
+        std::fs::create_dir_all(&old).unwrap();
+        let mut cmd = std::process::Command::new("sleep");
+        cmd.arg("600").env(util::MARKER_VAR, &m);
+        scratch.enter(&mut cmd, "programs/old");
+        let mut leftover = cmd.spawn().unwrap();
         let (dir, config) = util::config_dir(PLAIN_YAML);
         let mut pw = Procwatch::start_with(
             dir,
@@ -624,6 +632,8 @@ fn alone_in_a_delegated_cgroup_it_works_in_programs_beside_supervisor() {
         let s = pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
         assert_eq!(s.get("procwatch_tracking_info", &[("mode", "cgroup")]), Some(1.0));
         let program = s.prog("procwatch_process_pid", "plain").unwrap() as i32;
+        assert!(leftover.try_wait().unwrap().is_some(), "the leftover was killed");
+        assert!(!old.exists(), "the leftover's cgroup was removed");
         let log = pw.stderr();
         assert!(
             log.contains(&format!("programs in {}", scratch.0.join("programs").display())),
