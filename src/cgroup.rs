@@ -1296,6 +1296,54 @@ mod tests {
         b.wait().unwrap();
     }
 
+    /// What `enable_controllers` writes, on fixture files: `cgroup.controllers` as a container's
+    /// cgroup on a cgroup v2 host shows it, and FIFOs standing for the two
+    /// `cgroup.subtree_control` files, which keep every write. (This host's v2 hierarchy
+    /// offers none of these controllers; the live check is in tests/tracking.rs.)
+    #[test]
+    fn each_offered_controller_is_turned_on_for_programs() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        let programs = base.join("programs");
+        std::fs::create_dir(&programs).unwrap();
+        let recorder = |d: &Path| {
+            let path = CString::new(d.join("cgroup.subtree_control").as_os_str().as_bytes()).unwrap();
+            // SAFETY: a valid C string.
+            assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+            // Open for reading (and writing, so that it never reads end of file) first: the
+            // writes then go into the pipe without waiting.
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NONBLOCK)
+                .open(d.join("cgroup.subtree_control"))
+                .unwrap()
+        };
+        let (mut at_base, mut at_programs) = (recorder(base), recorder(&programs));
+        let mut written = |f: &mut File| {
+            let mut buf = [0u8; 256];
+            let n = f.read(&mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        std::fs::write(base.join("cgroup.controllers"), fixture("cgroup.controllers")).unwrap();
+        let on = enable_controllers(base, &programs);
+        assert_eq!(on, BTreeSet::from(CONTROLLERS.map(str::to_owned)));
+        // One write per controller, to the base (for programs/) and to programs/ (for each
+        // program's cgroup); cpuset, hugetlb, rdma and misc are not procwatch's to use.
+        assert_eq!(written(&mut at_base), "+memory+pids+io+cpu");
+        assert_eq!(written(&mut at_programs), "+memory+pids+io+cpu");
+        // A hybrid host's v2 root offers hugetlb alone: nothing is written, nothing is on.
+        std::fs::write(base.join("cgroup.controllers"), "hugetlb\n").unwrap();
+        assert!(enable_controllers(base, &programs).is_empty());
+        assert_eq!(written(&mut at_base), "");
+        // Offered to the base but refused for programs/ (its file is missing here): not on.
+        std::fs::write(base.join("cgroup.controllers"), "io memory\n").unwrap();
+        std::fs::remove_file(programs.join("cgroup.subtree_control")).unwrap();
+        assert!(enable_controllers(base, &programs).is_empty());
+        assert_eq!(written(&mut at_base), "+memory+io");
+    }
+
     #[test]
     fn parses_setting() {
         for s in [CgroupSetting::Auto, CgroupSetting::Off, CgroupSetting::Required] {
