@@ -1321,7 +1321,7 @@ mod tests {
                 .unwrap()
         };
         let (mut at_base, mut at_programs) = (recorder(base), recorder(&programs));
-        let mut written = |f: &mut File| {
+        let written = |f: &mut File| {
             let mut buf = [0u8; 256];
             let n = f.read(&mut buf).unwrap_or(0);
             String::from_utf8_lossy(&buf[..n]).into_owned()
