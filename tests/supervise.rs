@@ -450,3 +450,132 @@ fn a_program_gets_only_its_stdio_and_procwatch_keeps_no_copy_of_its_pipes() {
         pw.stdout().contains("last words").then_some(())
     });
 }
+
+/// Programs are started by several spawner threads at once, and a program may exit before its
+/// spawner has registered its PID: the reaper must still give each exit to its program (were
+/// one lost, that program would show as running forever). 300 programs that exit at once,
+/// in both modes: every exit is counted, with its own exit code.
+fn programs_that_exit_at_once_are_each_counted(mode: &str) {
+    const N: usize = 300;
+    let m = marker(&format!("exit-at-once-{mode}"));
+    let mut yaml = format!("cgroup: {mode}\nprocesses:\n");
+    for i in 0..N {
+        yaml.push_str(&format!(
+            "  - name: p{i}\n    command: [sh, -c, 'exit {}']\n    restart: never\n",
+            i % 7 + 1
+        ));
+    }
+    let pw = Procwatch::start_marked(&yaml, &[], &m);
+    let s = pw.wait_scrape(T, "every program's exit to be counted", |s| {
+        (0..N).all(|i| {
+            s.get(
+                "procwatch_process_exits_total",
+                &[("name", &format!("p{i}")), ("reason", "failure")],
+            ) == Some(1.0)
+        })
+    });
+    for i in 0..N {
+        let name = format!("p{i}");
+        assert_eq!(s.prog("procwatch_process_up", &name), Some(0.0), "p{i} still up");
+        assert_eq!(
+            s.prog("procwatch_process_last_exit_code", &name),
+            Some((i % 7 + 1) as f64),
+            "p{i}'s exit code"
+        );
+    }
+}
+
+#[test]
+fn programs_that_exit_at_once_are_each_counted_in_cgroup_mode() {
+    programs_that_exit_at_once_are_each_counted("auto");
+}
+
+#[test]
+fn programs_that_exit_at_once_are_each_counted_in_proc_mode() {
+    programs_that_exit_at_once_are_each_counted("off");
+}
+
+/// Where clone3 is refused (ENOSYS under a container's default seccomp profile or systemd's
+/// `RestrictNamespaces=`), a program writes itself into its cgroup's `cgroup.procs` before
+/// exec: it still runs in its own cgroup from its first instruction, and procwatch says once
+/// which placement it uses. Here procwatch runs under a seccomp filter that fails clone3
+/// with ENOSYS, as Docker's does.
+#[test]
+fn without_clone3_a_program_joins_its_cgroup_before_exec() {
+    if util::cgroup_controllers_here().is_none() {
+        eprintln!("skipped: cgroup v2 cannot be used here (not root, or no cgroup2 mount)");
+        return;
+    }
+    let m = marker("no-clone3");
+    let (dir, config) = util::config_dir(
+        "cgroup: required\nprocesses:\n  - name: early\n    command: [sh, -c, 'cat /proc/self/cgroup > cgroup.txt; exec sleep 600']\n  - name: other\n    command: [sleep, '600']\n",
+    );
+    let arg = config.to_str().unwrap().to_owned();
+    let pw = Procwatch::start_with(dir, config.clone(), &["--config", &arg], &m, |cmd| {
+        // SAFETY: the closure runs between fork and exec and makes only prctl calls on a
+        // filter that lives on its stack.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(cmd, || {
+                deny_clone3().map_err(std::io::Error::from_raw_os_error)
+            });
+        }
+    });
+    let file = config.parent().unwrap().join("cgroup.txt");
+    let text = wait_for(T, "the program to write its cgroup", || {
+        std::fs::read_to_string(&file).ok().filter(|t| t.contains("0::"))
+    });
+    let v2 = text.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+    assert!(v2.ends_with("/programs/early"), "{text}");
+    let other = wait_for(T, "other to run", || pw.scrape().prog("procwatch_process_pid", "other")) as i32;
+    let own = std::fs::read_to_string(format!("/proc/{other}/cgroup")).unwrap();
+    assert!(
+        own.lines()
+            .any(|l| l.starts_with("0::") && l.ends_with("/programs/other")),
+        "{own}"
+    );
+    let log = pw.stderr();
+    assert_eq!(
+        log.matches("clone3(CLONE_INTO_CGROUP) is refused here").count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains("cannot start program"), "{log}");
+}
+
+/// A seccomp filter that fails clone3 with ENOSYS (x86_64) and allows everything else.
+fn deny_clone3() -> Result<(), i32> {
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const SYS_CLONE3: u32 = 435;
+    const LD_ABS_W: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_ERRNO: u32 = 0x0005_0000;
+    let stmt = |code, k| libc::sock_filter { code, jt: 0, jf: 0, k };
+    let jump = |code, k, jt, jf| libc::sock_filter { code, jt, jf, k };
+    let filter = [
+        stmt(LD_ABS_W, 4),
+        jump(JEQ_K, AUDIT_ARCH_X86_64, 0, 3),
+        stmt(LD_ABS_W, 0),
+        jump(JEQ_K, SYS_CLONE3, 0, 1),
+        stmt(RET_K, RET_ERRNO | libc::ENOSYS as u32),
+        stmt(RET_K, RET_ALLOW),
+    ];
+    let prog = libc::sock_fprog {
+        len: filter.len() as u16,
+        filter: filter.as_ptr().cast_mut(),
+    };
+    // SAFETY: prctl calls with a valid filter program that outlives them.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ) != 0
+        {
+            return Err(*libc::__errno_location());
+        }
+    }
+    Ok(())
+}

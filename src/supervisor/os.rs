@@ -1,5 +1,6 @@
-//! The operating-system side of supervision: one thread starts programs, one thread reaps
-//! every child, and a registry says which program a reaped process belonged to.
+//! The operating-system side of supervision: spawner threads (one per core, up to four) start
+//! programs, one thread reaps every child, and a registry says which program a reaped process
+//! belonged to.
 //!
 //! procwatch is a child subreaper (prctl(2) `PR_SET_CHILD_SUBREAPER`), so descendants whose
 //! parent exits are re-parented to it. The reaper takes every exit with wait4(2), whose rusage
@@ -44,6 +45,9 @@ pub(crate) struct Entry {
 struct Registry {
     /// Main process PID -> program.
     mains: HashMap<i32, Entry>,
+    /// Per spawner thread, bumped before and after each clone: odd while one is under way,
+    /// whose PID is not registered yet (see [`Os::reap_forever`]).
+    cloning: [u64; MAX_SPAWNERS],
     /// Process group (= session) ID of a run -> program, until the group is empty.
     groups: HashMap<i32, Entry>,
     /// Exec probes that have not been reaped yet -> where their wait status goes.
@@ -76,12 +80,26 @@ enum Job {
 }
 
 pub(crate) struct Os {
-    /// std Mutex: held only for map updates and across one clone, never across an `.await`.
+    /// std Mutex: held only for map updates, never across a clone or an `.await`.
     registry: Mutex<Registry>,
+    /// Signalled when a spawner thread has registered what it cloned.
+    registered: Condvar,
     spawn_tx: std::sync::mpsc::Sender<Job>,
     /// Bumped after each spawn, so that a reaper with no children knows when to look again.
     spawned: (Mutex<u64>, Condvar),
     tracking: Tracking,
+}
+
+/// The most spawner threads procwatch runs.
+const MAX_SPAWNERS: usize = 4;
+
+/// How many spawner threads: one per core, up to [`MAX_SPAWNERS`]. A spawner thread waits
+/// while its child runs up to exec (CLONE_VFORK), most of a start's cost; with several, the
+/// children of a burst of starts (5000 at start-up) exec on every core at once.
+fn spawner_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, MAX_SPAWNERS)
 }
 
 impl Os {
@@ -101,22 +119,30 @@ impl Os {
         let (spawn_tx, spawn_rx) = std::sync::mpsc::channel::<Job>();
         let os = Arc::new(Os {
             registry: Mutex::new(Registry::default()),
+            registered: Condvar::new(),
             spawn_tx,
             spawned: (Mutex::new(0), Condvar::new()),
             tracking,
         });
-        let mut spawner = Spawner::new()?;
-        let devnull = std::fs::File::open("/dev/null")?;
-        // Both threads live as long as the process: PR_SET_PDEATHSIG fires when the *thread*
-        // that cloned a child exits, so programs must be started from a thread that never ends.
-        let me = Arc::clone(&os);
-        std::thread::Builder::new()
-            .name("procwatch-spawn".into())
-            .spawn(move || {
-                for job in spawn_rx {
-                    me.run_job(&mut spawner, devnull.as_raw_fd(), job);
-                }
-            })?;
+        let devnull = Arc::new(std::fs::File::open("/dev/null")?);
+        // The spawner threads take jobs from one queue: whichever is free takes the next.
+        let jobs = Arc::new(Mutex::new(spawn_rx));
+        // Every thread lives as long as the process: PR_SET_PDEATHSIG fires when the *thread*
+        // that cloned a child exits, so programs must be started from threads that never end.
+        for id in 0..spawner_threads() {
+            let mut spawner = Spawner::new()?;
+            let (me, jobs, devnull) = (Arc::clone(&os), Arc::clone(&jobs), Arc::clone(&devnull));
+            std::thread::Builder::new()
+                .name("procwatch-spawn".into())
+                .spawn(move || {
+                    loop {
+                        // Held while waiting: the other spawners wait for the lock meanwhile.
+                        let job = jobs.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok(job) = job else { return };
+                        me.run_job(id, &mut spawner, devnull.as_raw_fd(), job);
+                    }
+                })?;
+        }
         let reaper = Arc::clone(&os);
         std::thread::Builder::new()
             .name("procwatch-reap".into())
@@ -143,7 +169,7 @@ impl Os {
         rx.await.map_err(|_| io::Error::other("spawner thread is gone"))?
     }
 
-    fn run_job(&self, spawner: &mut Spawner, devnull: i32, job: Job) {
+    fn run_job(&self, id: usize, spawner: &mut Spawner, devnull: i32, job: Job) {
         match job {
             Job::Program {
                 config,
@@ -166,28 +192,26 @@ impl Os {
                     (_, Err(e)) => Err(e),
                     _ => {
                         let cg = cgroup.as_ref().and_then(|c| c.as_ref().ok());
-                        let procs = cg.and_then(|c| c.procs_fd().ok());
                         let args = SpawnArgs {
                             command: &config.command,
                             env: &config.env,
                             cwd: config.cwd.as_deref(),
                             stdout: stdio.stdout.as_ref().map(|f| f.as_raw_fd()),
                             stderr: stdio.stderr.as_ref().map(|f| f.as_raw_fd()),
-                            cgroup: cg.zip(procs.as_ref()).map(|(c, p)| (c.dir_fd(), p.as_raw_fd())),
                             stdin: devnull,
                             identity: &config.identity,
                         };
                         Prepared::new(&args).and_then(|prepared| {
-                            // The registry lock is held across the clone so that the reaper
-                            // cannot take the new PID's exit before the PID is registered
-                            // (it peeks with WNOWAIT, then locks).
-                            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
-                            let result = spawner.spawn(&prepared, cg.map(|c| c.dir_fd()));
-                            if let Ok(pid) = result {
-                                reg.mains.insert(pid, entry.clone());
-                                reg.groups.insert(pid, entry);
-                            }
-                            result
+                            self.cloning(
+                                id,
+                                || spawner.spawn(&prepared, cg.map(|c| &**c)),
+                                |result, reg| {
+                                    if let Ok(pid) = *result {
+                                        reg.mains.insert(pid, entry.clone());
+                                        reg.groups.insert(pid, entry);
+                                    }
+                                },
+                            )
                         })
                     }
                 };
@@ -195,8 +219,24 @@ impl Os {
                 self.bump();
                 let _ = reply.send(result);
             }
-            Job::Probe(req) => self.spawn_probe_now(req),
+            Job::Probe(req) => self.spawn_probe_now(id, req),
         }
+    }
+
+    /// Runs `clone` (a clone or fork) marked as under way for spawner `id`, then `register`s
+    /// what it started. The reaper may take a new PID's exit before it is registered (it peeks
+    /// with WNOWAIT, then locks): it waits for the clones under way when it looked before it
+    /// decides that a PID is no program's. The lock itself is not held across the clone, so
+    /// that the spawner threads clone at the same time.
+    fn cloning<T>(&self, id: usize, clone: impl FnOnce() -> T, register: impl FnOnce(&T, &mut Registry)) -> T {
+        self.registry.lock().unwrap_or_else(|e| e.into_inner()).cloning[id] += 1;
+        let result = clone();
+        let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+        register(&result, &mut reg);
+        reg.cloning[id] += 1;
+        drop(reg);
+        self.registered.notify_all();
+        result
     }
 
     fn bump(&self) {
@@ -247,12 +287,10 @@ impl Os {
         Ok(child)
     }
 
-    fn spawn_probe_now(&self, req: ProbeRequest) {
+    fn spawn_probe_now(&self, id: usize, req: ProbeRequest) {
         let result = (|| {
             let (reader, writer) = io::pipe()?;
             let (status_tx, status) = oneshot::channel();
-            // Locked across the fork, as for programs: the reaper must find the PID registered.
-            let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
             let mut cmd = Command::new(&req.command[0]);
             cmd.args(&req.command[1..])
                 .envs(&req.config.env)
@@ -263,16 +301,21 @@ impl Os {
                 cmd.current_dir(cwd);
             }
             in_own_session(&mut cmd, &req.config);
-            let pid = cmd.spawn()?.id() as i32;
-            reg.probes.insert(pid, status_tx);
-            drop(reg);
+            // Marked as under way, as for programs: the reaper must find the PID registered.
+            let pid = self.cloning(
+                id,
+                || cmd.spawn().map(|c| c.id() as i32),
+                |pid, reg| {
+                    if let Ok(pid) = *pid {
+                        reg.probes.insert(pid, status_tx);
+                    }
+                },
+            )?;
             // The parent's copies of the write end are closed with `cmd`.
             drop(cmd);
             Ok((pid, reader, status))
         })();
-        let (generation, cond) = &self.spawned;
-        *generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
-        cond.notify_all();
+        self.bump();
         let _ = req.reply.send(result);
     }
 
@@ -324,6 +367,19 @@ impl Os {
             }
             let stat = reader.stat(pid);
             let mut reg = self.registry.lock().unwrap_or_else(|e| e.into_inner());
+            // A clone under way now may have made this PID (or its group): wait until those
+            // are registered. Clones begun later cannot have: this PID had exited already.
+            let under_way = reg.cloning;
+            while !reg.mains.contains_key(&pid)
+                && !reg.probes.contains_key(&pid)
+                && reg
+                    .cloning
+                    .iter()
+                    .zip(under_way)
+                    .any(|(&now, then)| now == then && then % 2 == 1)
+            {
+                reg = self.registered.wait(reg).unwrap_or_else(|e| e.into_inner());
+            }
             let mut status = 0;
             // SAFETY: rusage is plain data; wait4 fills it.
             let mut ru: libc::rusage = unsafe { std::mem::zeroed() };

@@ -31,6 +31,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 
 use super::identity::Identity;
+use crate::cgroup::ProgramCgroup;
 
 /// What the child needs, prepared before the clone.
 pub(crate) struct Prepared {
@@ -44,8 +45,6 @@ pub(crate) struct Prepared {
     stdin: RawFd,
     stdout: Option<RawFd>,
     stderr: Option<RawFd>,
-    /// `cgroup.procs` of the program's cgroup, for the fallback placement.
-    procs_fd: Option<RawFd>,
     /// User, groups, umask, rlimits (resolved at config time).
     identity: Identity,
     parent: libc::pid_t,
@@ -72,8 +71,6 @@ pub(crate) struct SpawnArgs<'a> {
     pub(crate) cwd: Option<&'a Path>,
     pub(crate) stdout: Option<RawFd>,
     pub(crate) stderr: Option<RawFd>,
-    /// The cgroup directory fd (for clone3) and its `cgroup.procs` fd (fallback).
-    pub(crate) cgroup: Option<(RawFd, RawFd)>,
     pub(crate) stdin: RawFd,
     pub(crate) identity: &'a Identity,
 }
@@ -118,7 +115,6 @@ impl Prepared {
             stdin: a.stdin,
             stdout: a.stdout,
             stderr: a.stderr,
-            procs_fd: a.cgroup.map(|c| c.1),
             identity: a.identity.clone(),
             // SAFETY: getpid has no preconditions.
             parent: unsafe { libc::getpid() },
@@ -154,14 +150,14 @@ fn resolve(program: &str, path: Option<&std::ffi::OsStr>, cwd: Option<&Path>) ->
     Err(io::Error::from_raw_os_error(libc::ENOENT))
 }
 
-/// The child's stack: one, reused, since the spawner thread waits (CLONE_VFORK) for each
-/// child to exec before it starts the next.
+/// The child's stack: one per spawner thread, reused, since that thread waits (CLONE_VFORK)
+/// for each child to exec before it starts the next.
 struct Stack {
     base: *mut libc::c_void,
     size: usize,
 }
 
-// SAFETY: the stack is used only by the one spawner thread's children, one at a time.
+// SAFETY: the stack is used only by its spawner thread's children, one at a time.
 unsafe impl Send for Stack {}
 
 const STACK_SIZE: usize = 256 * 1024;
@@ -186,7 +182,7 @@ impl Stack {
     }
 }
 
-/// Starts processes; owned by the spawner thread.
+/// Starts processes; one per spawner thread, which owns it.
 pub(crate) struct Spawner {
     stack: Stack,
     /// The stdio slots: low fds of the spawner's own, pointed at a child's stdin, stdout and
@@ -237,13 +233,13 @@ impl Spawner {
         Ok(())
     }
 
-    /// Starts the prepared process; returns its PID once it has exec'd. An error if the
-    /// clone failed or the child could not get to exec (it has then exited with 127 and is
-    /// reaped like any child).
-    pub(crate) fn spawn(&mut self, p: &Prepared, cgroup_fd: Option<RawFd>) -> io::Result<i32> {
+    /// Starts the prepared process, in `cgroup` where given; returns its PID once it has
+    /// exec'd. An error if the clone failed or the child could not get to exec (it has then
+    /// exited with 127 and is reaped like any child).
+    pub(crate) fn spawn(&mut self, p: &Prepared, cgroup: Option<&ProgramCgroup>) -> io::Result<i32> {
         p.error.store(0, Ordering::Relaxed);
         let pointed = self.point_slots([Some(p.stdin), p.stdout, p.stderr]);
-        let result = pointed.and_then(|()| self.spawn_with_slots(p, cgroup_fd));
+        let result = pointed.and_then(|()| self.spawn_with_slots(p, cgroup));
         // Whatever happened: the slots must not hold the child's pipes open.
         let _ = self.point_slots([None; 3]);
         result
@@ -257,7 +253,7 @@ impl Spawner {
         }
     }
 
-    fn spawn_with_slots(&mut self, p: &Prepared, cgroup_fd: Option<RawFd>) -> io::Result<i32> {
+    fn spawn_with_slots(&mut self, p: &Prepared, cgroup: Option<&ProgramCgroup>) -> io::Result<i32> {
         // Signals are blocked across the clone, so that none runs a procwatch handler in the
         // child before it has reset them; the child unblocks before exec.
         let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -267,24 +263,22 @@ impl Spawner {
             libc::sigfillset(&mut all);
             libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
         }
-        let mut placed = false;
         let mut pid = -1;
-        if let Some(fd) = cgroup_fd
+        if let Some(cg) = cgroup
             && !CLONE3_REFUSED.load(Ordering::Relaxed)
         {
-            match self.clone3_into(p, fd) {
-                Ok(child) => {
-                    pid = child;
-                    placed = true;
-                }
+            match self.clone3_into(p, cg.dir_fd()) {
+                Ok(child) => pid = child,
                 Err(e)
                     if matches!(
                         e.raw_os_error(),
                         Some(libc::ENOSYS | libc::EPERM | libc::E2BIG | libc::EINVAL)
                     ) =>
                 {
-                    tracing::info!(error = %e, "clone3(CLONE_INTO_CGROUP) is refused here; programs join their cgroup by writing cgroup.procs before exec");
-                    CLONE3_REFUSED.store(true, Ordering::Relaxed);
+                    // Said once, though several spawner threads may find it out at once.
+                    if !CLONE3_REFUSED.swap(true, Ordering::Relaxed) {
+                        tracing::info!(error = %e, "clone3(CLONE_INTO_CGROUP) is refused here; programs join their cgroup by writing cgroup.procs before exec");
+                    }
                 }
                 Err(e) => {
                     // SAFETY: restoring the mask.
@@ -293,10 +287,23 @@ impl Spawner {
                 }
             }
         }
+        // The fallback placement: the child writes itself into `cgroup.procs`, opened only
+        // here (an open costs tens of µs; clone3 needs none).
+        let procs = match cgroup {
+            Some(cg) if pid < 0 => match cg.procs_fd() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    // SAFETY: restoring the mask.
+                    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+                    return Err(io::Error::new(e.kind(), format!("cannot open cgroup.procs: {e}")));
+                }
+            },
+            _ => None,
+        };
         if pid < 0 {
             let ctx = ChildCtx {
                 p,
-                join_cgroup: cgroup_fd.is_some() && !placed,
+                join_cgroup: procs.as_ref().map(|f| f.as_raw_fd()),
                 stdio: self.stdio(p),
             };
             let top = (self.stack.base as usize + self.stack.size) as *mut libc::c_void;
@@ -362,7 +369,7 @@ impl Spawner {
         };
         let ctx = ChildCtx {
             p,
-            join_cgroup: false,
+            join_cgroup: None,
             stdio: self.stdio(p),
         };
         let ret: i64;
@@ -408,7 +415,8 @@ impl Spawner {
 
 struct ChildCtx<'a> {
     p: &'a Prepared,
-    join_cgroup: bool,
+    /// `cgroup.procs` to write itself into (the fallback placement).
+    join_cgroup: Option<RawFd>,
     stdio: Stdio,
 }
 
@@ -441,8 +449,7 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
                 libc::sigaction(sig, &act, std::ptr::null_mut());
             }
         }
-        if ctx.join_cgroup
-            && let Some(fd) = p.procs_fd
+        if let Some(fd) = ctx.join_cgroup
             && libc::write(fd, b"0".as_ptr().cast(), 1) != 1
         {
             return fail(0);
