@@ -27,6 +27,8 @@ fn main() {
     // `-- files`, `-- restart`, `-- start`, `-- control`, `-- scrape`, `-- encode`, `-- output`
     // or `-- probes` runs one part only;
     // `-- N` (a number) measures scrapes (and starts) at N programs only.
+    // `-- proc` runs `start` and `restart` in proc mode (`cgroup: off`); by default procwatch
+    // runs in the mode it picks (cgroup mode where cgroup v2 can be used).
     let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let only = |part: &str| {
         let parts = [
@@ -35,6 +37,11 @@ fn main() {
         !args.iter().any(|a| parts.contains(&a.as_str())) || args.iter().any(|a| a == part)
     };
     let clk = clk_tck();
+    let mode = if args.iter().any(|a| a == "proc") {
+        "cgroup: off\n"
+    } else {
+        ""
+    };
     println!("procwatch benchmark: {}", machine());
     println!();
     if only("scrape") {
@@ -46,10 +53,10 @@ fn main() {
         }
     }
     if only("start") {
-        start_all(quick, &sizes);
+        start_all(quick, &sizes, mode);
     }
     if only("restart") {
-        restart_latency(quick);
+        restart_latency(quick, mode);
     }
     if only("control") {
         control_restart(quick);
@@ -1081,10 +1088,12 @@ fn descendants(roots: &[i32]) -> Vec<i32> {
 }
 
 /// Starting N programs (`sleep`): from launching procwatch to every program exec'd (each is
-/// a child of procwatch's spawner thread; a PID is returned once its child has exec'd), and to
-/// every one reported up on `/metrics`. The floor: this bench spawning the same N processes
-/// itself, one after another, with `std::process::Command` (posix_spawn).
-fn start_all(quick: bool, only: &[usize]) {
+/// a child of one of procwatch's spawner threads; a PID is returned once its child has
+/// exec'd), and to every one reported up on `/metrics`. The floors: this bench spawning the
+/// same N processes itself with `std::process::Command` (posix_spawn), one after another from
+/// one thread, and from as many threads as procwatch has spawner threads (one per core, up to
+/// four), N/threads each.
+fn start_all(quick: bool, only: &[usize], mode: &str) {
     let sizes: &[usize] = if !only.is_empty() {
         only
     } else if quick {
@@ -1096,24 +1105,36 @@ fn start_all(quick: bool, only: &[usize]) {
         let mut floor = Vec::with_capacity(n);
         let t = Instant::now();
         for _ in 0..n {
-            floor.push(
-                Command::new("sleep")
-                    .arg("100000")
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .unwrap(),
-            );
+            floor.push(sleeper());
         }
         let floor_s = t.elapsed().as_secs_f64();
         for c in &mut floor {
             let _ = c.kill();
             let _ = c.wait();
         }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+        let t = Instant::now();
+        let mut floor: Vec<Child> = std::thread::scope(|s| {
+            let spawners: Vec<_> = (0..threads)
+                .map(|i| {
+                    s.spawn(move || {
+                        (0..n / threads + usize::from(i < n % threads))
+                            .map(|_| sleeper())
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            spawners.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let floor_par_s = t.elapsed().as_secs_f64();
+        assert_eq!(floor.len(), n);
+        for c in &mut floor {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let t0 = Instant::now();
-        let pw = Pw::start(&programs_yaml(n), &[]);
+        let pw = Pw::start(&format!("{mode}{}", programs_yaml(n)), &[]);
         let mut kids = Vec::new();
         wait(Duration::from_secs(600), || {
             kids.clear();
@@ -1134,22 +1155,34 @@ fn start_all(quick: bool, only: &[usize]) {
         let up = t0.elapsed().as_secs_f64();
         pw.stop();
         println!(
-            "start {n} programs (sleep): all exec'd {execd:.2} s, all up on /metrics {up:.2} s (from launching procwatch); \
-             floor (this bench spawning {n} itself) {floor_s:.2} s; load average {}",
+            "start {n} programs (sleep){}: all exec'd {execd:.2} s, all up on /metrics {up:.2} s (from launching procwatch); \
+             floor (this bench spawning {n} itself) {floor_s:.2} s from 1 thread, {floor_par_s:.2} s from {threads}; load average {}",
+            if mode.is_empty() { "" } else { ", proc mode" },
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
     }
 }
 
+/// One `sleep` of the start floor, spawned as `std::process::Command` does (posix_spawn).
+fn sleeper() -> Child {
+    Command::new("sleep")
+        .arg("100000")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
 const STAMP_RUN: Duration = Duration::from_millis(110);
 
-fn restart_latency(quick: bool) {
+fn restart_latency(quick: bool, mode: &str) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("stamps");
     let me = std::env::current_exe().unwrap();
     let yaml = format!(
-        "status_interval: 0\nprocesses:\n  - name: blink\n    command: [{}, --stamp, {}]\n    restart: always\n    backoff: {{initial: 0s, max: 0s}}\n",
+        "{mode}status_interval: 0\nprocesses:\n  - name: blink\n    command: [{}, --stamp, {}]\n    restart: always\n    backoff: {{initial: 0s, max: 0s}}\n",
         me.display(),
         file.display()
     );
@@ -1176,7 +1209,8 @@ fn restart_latency(quick: bool) {
         .collect();
     gaps.sort_by(f64::total_cmp);
     println!(
-        "restart latency (exit -> next run's first instruction, backoff 0s, runs of {} ms): median {:.2} ms, p99 {:.2} ms over {} restarts; load average {}",
+        "restart latency{} (exit -> next run's first instruction, backoff 0s, runs of {} ms): median {:.2} ms, p99 {:.2} ms over {} restarts; load average {}",
+        if mode.is_empty() { "" } else { ", proc mode" },
         STAMP_RUN.as_millis(),
         gaps[gaps.len() / 2],
         gaps[(gaps.len() * 99 / 100).min(gaps.len() - 1)],
