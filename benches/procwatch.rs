@@ -860,8 +860,8 @@ impl Reads {
         }
     }
 
-    /// Every file to read: each process's, each main process's limits, the cgroups'.
-    fn paths(&self, pids: &[i32], mains: &[i32]) -> Vec<PathBuf> {
+    /// Every file to read: each process's, the cgroups'.
+    fn paths(&self, pids: &[i32]) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for &pid in pids {
             for f in self.files {
@@ -871,25 +871,54 @@ impl Reads {
                 out.push(PathBuf::from(format!("/proc/{pid}/task/{pid}/children")));
             }
         }
-        for &pid in mains {
-            out.push(PathBuf::from(format!("/proc/{pid}/limits")));
-        }
         out.extend(self.cgroup_files.iter().cloned());
         out
+    }
+
+    /// Each main process's open-files limit, as procwatch asks it (prlimit(2)), when
+    /// `self.files` is procwatch's whole set.
+    fn limits(&self, mains: &[i32]) -> u64 {
+        if self.files.len() < FILES.len() {
+            return 0;
+        }
+        Reads::limits_of(mains)
+    }
+
+    fn limits_of(mains: &[i32]) -> u64 {
+        let mut acc = 0;
+        for &pid in mains {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: reads only; `lim` is a valid out-pointer.
+            if unsafe { libc::prlimit(pid, libc::RLIMIT_NOFILE, std::ptr::null(), &mut lim) } == 0 {
+                acc += lim.rlim_cur & 1;
+            }
+        }
+        acc
     }
 }
 
 /// The floor: the same reads as procwatch, done the same way (fds kept open, `pread` at offset
-/// 0, `fstat` of the fd directory), with nothing parsed, encoded or served.
+/// 0, `fstat` of the fd directory, prlimit(2) of each main process), with nothing parsed,
+/// encoded or served.
 struct KeptFloor {
     files: Vec<std::fs::File>,
     dirs: Vec<std::fs::File>,
+    /// Main processes whose limit is asked.
+    limited: Vec<i32>,
 }
 
 impl KeptFloor {
     fn open(pids: &[i32], mains: &[i32], reads: &Reads) -> KeptFloor {
+        let limited = if reads.files.len() == FILES.len() {
+            mains.to_vec()
+        } else {
+            Vec::new()
+        };
         let files = reads
-            .paths(pids, mains)
+            .paths(pids)
             .into_iter()
             .filter_map(|p| std::fs::File::open(p).ok())
             .collect();
@@ -897,7 +926,7 @@ impl KeptFloor {
             .iter()
             .filter_map(|pid| std::fs::File::open(format!("/proc/{pid}/fd")).ok())
             .collect();
-        KeptFloor { files, dirs }
+        KeptFloor { files, dirs, limited }
     }
 
     fn pass(&self) -> u64 {
@@ -910,7 +939,7 @@ impl KeptFloor {
         for d in &self.dirs {
             acc += d.metadata().map_or(0, |m| m.len());
         }
-        acc
+        acc + Reads::limits_of(&self.limited)
     }
 }
 
@@ -918,7 +947,7 @@ impl KeptFloor {
 fn floor_pass(pids: &[i32], mains: &[i32], reads: &Reads) -> u64 {
     let mut buf = Vec::with_capacity(4096);
     let mut acc = 0u64;
-    for path in reads.paths(pids, mains) {
+    for path in reads.paths(pids) {
         buf.clear();
         if let Ok(mut f) = std::fs::File::open(path) {
             acc += f.read_to_end(&mut buf).unwrap_or(0) as u64;
@@ -927,15 +956,16 @@ fn floor_pass(pids: &[i32], mains: &[i32], reads: &Reads) -> u64 {
     for &pid in pids {
         acc += std::fs::metadata(format!("/proc/{pid}/fd")).map_or(0, |m| m.len());
     }
-    acc
+    acc + reads.limits(mains)
 }
 
-/// The `procfs` crate's parsers against hand-written ones, on the same bytes read from the
-/// same 1000 processes. procwatch uses the crate for stat and io, and its own for status and
-/// limits (see the README for why).
+/// The `procfs` crate's parsers against procwatch's own (hand-written) ones, on the same bytes
+/// read from the same 1000 processes. procwatch parses all four by hand (see the README for
+/// why); `limits` is read only where prlimit(2) is refused.
 fn parsers(pids: &[i32], mains: &[i32], quick: bool) {
     use procfs_core::process::{Io, Limits, Stat, Status};
     use procfs_core::{FromBufRead, FromRead};
+    use procwatch::procfs::{parse_io, parse_max_fds, parse_stat, parse_status};
     let read = |pids: &[i32], f: &str| -> Vec<Vec<u8>> {
         pids.iter()
             .filter_map(|pid| std::fs::read(format!("/proc/{pid}/{f}")).ok())
@@ -956,55 +986,32 @@ fn parsers(pids: &[i32], mains: &[i32], quick: bool) {
         (
             "stat",
             time(&stats, &|b| Stat::from_read(b).is_ok()),
-            time(&stats, &|b| hand_parse_stat(b).is_some()),
+            time(&stats, &|b| parse_stat(b).is_some()),
         ),
         (
             "status",
             time(&statuses, &|b| Status::from_read(b).is_ok()),
-            time(&statuses, &|b| procwatch::procfs::parse_status(b).is_some()),
+            time(&statuses, &|b| parse_status(b).is_some()),
         ),
         (
             "io",
             time(&ios, &|b| Io::from_buf_read(b).is_ok()),
-            time(&ios, &|b| {
-                hand_fields(b, &["read_bytes:", "write_bytes:", "cancelled_write_bytes:"]) > 0
-            }),
+            time(&ios, &|b| parse_io(b).is_some()),
         ),
         (
             "limits",
             time(&limits, &|b| Limits::from_read(b).is_ok()),
-            time(&limits, &|b| procwatch::procfs::parse_max_fds(b).is_some()),
+            time(&limits, &|b| parse_max_fds(b).is_some()),
         ),
     ];
     let text: Vec<String> = rows
         .iter()
         .map(|(f, krate, hand)| format!("{f} {krate:.2} vs {hand:.2} µs"))
         .collect();
-    println!("parsing per file, procfs crate vs by hand: {}", text.join(", "));
-}
-
-/// procwatch's stat parser before the procfs crate: fields counted after the last `)`.
-fn hand_parse_stat(text: &[u8]) -> Option<[i64; 22]> {
-    let close = text.iter().rposition(|&b| b == b')')?;
-    let rest = std::str::from_utf8(text.get(close + 2..)?).ok()?;
-    let mut out = [0i64; 22];
-    let mut f = rest.split_ascii_whitespace();
-    f.next()?;
-    for v in &mut out {
-        *v = f.next()?.parse().ok()?;
-    }
-    Some(out)
-}
-
-/// Sums the values of `keys` in a `key: value` file: the least a parser must do.
-fn hand_fields(text: &[u8], keys: &[&str]) -> u64 {
-    let text = std::str::from_utf8(text).unwrap_or("");
-    text.lines()
-        .filter_map(|l| {
-            let key = keys.iter().find(|k| l.starts_with(**k))?;
-            l[key.len()..].split_ascii_whitespace().next()?.parse::<u64>().ok()
-        })
-        .sum()
+    println!(
+        "parsing per file, procfs crate vs procwatch's (by hand): {}",
+        text.join(", ")
+    );
 }
 
 /// The Go process-exporter (Debian's prometheus-process-exporter) with its default flags,

@@ -776,12 +776,11 @@ impl ProgramCgroup {
         self.parse_kept(StatFile::IoStat, buf, |t| Some(parse_io_stat(t)))
     }
 
-    /// `oom_kill` of `memory.events`, `None` without the memory controller.
+    /// `oom_kill` of `memory.events`, `None` without the memory controller. Read at each start
+    /// and each end of a run, through the scrape's kept file: without the controller the file
+    /// is found absent once, not looked up again at every start.
     pub fn oom_kills(&self) -> Option<u64> {
-        parse_keyed(
-            &std::fs::read_to_string(self.dir.join("memory.events")).ok()?,
-            "oom_kill",
-        )
+        self.parse_kept(StatFile::MemoryEvents, &mut Vec::new(), |t| parse_keyed(t, "oom_kill"))
     }
 
     /// Removes the cgroup (empty by now: the program was stopped). Killing first makes sure.
@@ -876,19 +875,23 @@ pub fn parse_cpu_stat(text: &str) -> Option<CpuStat> {
     })
 }
 
-/// `some avg10=0.00 avg60=0.00 avg300=0.00 total=N` and the same for `full`.
+/// `some avg10=0.00 avg60=0.00 avg300=0.00 total=N` and the same for `full`. `total` is the
+/// last field of each line (Documentation/accounting/psi.rst).
 pub fn parse_pressure(text: &str) -> Option<Pressure> {
-    let total = |kind: &str| {
-        text.lines().find_map(|l| {
-            let rest = l.strip_prefix(kind)?.strip_prefix(' ')?;
-            rest.split_whitespace()
-                .find_map(|f| f.strip_prefix("total="))
-                .and_then(|v| v.parse().ok())
-        })
-    };
+    let (mut some, mut full) = (None, None);
+    for line in text.lines() {
+        let slot = if line.starts_with("some ") {
+            &mut some
+        } else if line.starts_with("full ") {
+            &mut full
+        } else {
+            continue;
+        };
+        *slot = line.rsplit_once(" total=").and_then(|(_, v)| v.trim_end().parse().ok());
+    }
     Some(Pressure {
-        some_usec: total("some")?,
-        full_usec: total("full"),
+        some_usec: some?,
+        full_usec: full,
     })
 }
 
@@ -1276,6 +1279,12 @@ mod tests {
             assert_eq!(cg.memory(&mut buf), None);
             assert!(matches!(
                 cg.stats.lock().unwrap()[StatFile::MemoryCurrent as usize],
+                Slot::Absent
+            ));
+            // So is memory.events, which each start and end of a run reads.
+            assert_eq!(cg.oom_kills(), None);
+            assert!(matches!(
+                cg.stats.lock().unwrap()[StatFile::MemoryEvents as usize],
                 Slot::Absent
             ));
         }

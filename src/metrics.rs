@@ -205,6 +205,7 @@ impl Collector {
         if after > before {
             tracing::debug!(before, after, "raised the soft limit on open files");
         }
+        keep_pages_out_of_the_arenas();
         Collector {
             supervisor,
             watches,
@@ -281,9 +282,11 @@ impl Collector {
                 cgroups.resize_with(programs.len(), CgroupReport::default);
             }
             let report = &mut cgroups[i];
-            if let Some((pid, _)) = statuses[i].state.run() {
-                max_fds[i] = reader.max_fds(pid);
-            }
+            // Asked before the members' stat files are read: the main process's stat read
+            // below (a child of procwatch, so its PID cannot have been reused before procwatch
+            // reaps it) proves that the limit was its own.
+            let main = statuses[i].state.run().map(|(pid, _)| pid);
+            let limit = main.and_then(|pid| reader.max_fds(pid));
             report.cpu = cg.cpu(buf);
             if self.groups.on(Group::Cgroup) {
                 report.memory = cg.memory(buf);
@@ -298,7 +301,10 @@ impl Collector {
             if !members.is_empty() {
                 let usage = usages[i].get_or_insert_default();
                 for &pid in members.iter() {
-                    reader.add_member(pid, usage, report.io.is_none());
+                    let st = reader.add_member(pid, usage, report.io.is_none());
+                    if st.is_some_and(|st| Some(st.pid) == main && st.ppid == me) {
+                        max_fds[i] = limit;
+                    }
                 }
             }
         }
@@ -309,9 +315,11 @@ impl Collector {
             }
             let Some((pid, _)) = status.state.run() else { continue };
             // The main process is procwatch's child until reaped; anything else is a reused PID.
+            // Its limit is asked first, so that this check covers it too.
+            let limit = reader.max_fds(pid);
             match reader.stat(pid) {
                 Some(st) if st.ppid == me => {
-                    max_fds[i] = reader.max_fds(pid);
+                    max_fds[i] = limit;
                     let usage = usages[i].get_or_insert_default();
                     reader.tree_from(st, usage, &mut walk);
                 }
@@ -319,8 +327,11 @@ impl Collector {
             }
         }
         // Orphans re-parented to procwatch still belong to the run whose session they are in.
+        // Only proc mode looks for them: in cgroup mode an orphan stays in its program's cgroup.
         children.clear();
-        procfs::own_children(reader, children);
+        if programs.iter().any(|p| p.cgroup().is_none()) {
+            procfs::own_children(reader, children);
+        }
         for &pid in children.iter() {
             if run_index.contains_key(&pid) || walk.seen(pid) {
                 continue;
@@ -416,6 +427,21 @@ impl Collector {
     /// time by [`Exposition`], a prometheus-client `Collector`, straight into `out`.
     pub fn encode(&self, g: Gathered, format: Format, out: &mut String) {
         encode_page(g, self.groups, format, out);
+    }
+}
+
+/// Makes glibc serve allocations of 512 KiB and more (the page: 1.3 MB at 1000 programs, 6.5
+/// MB at 5000) from mmap, returned to the kernel when freed. Left to its default, glibc raises
+/// that threshold to the size of the first such block freed, so each page comes from the heap
+/// arena of the thread that encoded it and stays there: scrapes on several blocking threads
+/// kept a page-sized hole in each thread's arena (RSS 23.1 MiB after sequential scrapes at 1000
+/// programs and 31.6 MiB after four concurrent scrapers, against 20.4 and 20.8 MiB with this),
+/// for about 0.1 ms of page faults per scrape.
+fn keep_pages_out_of_the_arenas() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets an allocator parameter.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 512 * 1024);
     }
 }
 
