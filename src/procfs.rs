@@ -576,46 +576,64 @@ pub fn nofile_limit() -> (u64, u64) {
     }
 }
 
-/// procwatch's soft RLIMIT_NOFILE as it started, which its programs get back (0: not raised).
-static ORIGINAL_NOFILE: AtomicU64 = AtomicU64::new(0);
+/// procwatch's RLIMIT_NOFILE as it started, (soft, hard), which its programs get back;
+/// (0, 0) while not raised.
+static ORIGINAL_NOFILE: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
 
-/// Raises procwatch's soft RLIMIT_NOFILE to its hard limit, as Go programs do at start: the
-/// collector keeps each process's /proc files open. Programs get the original soft limit back
-/// (see [`restore_nofile_in_child`]). Returns (before, after).
+/// The hard limit on open files procwatch gives itself where it may (CAP_SYS_RESOURCE, as
+/// root) and its own is lower: systemd's for a service (`DefaultLimitNOFILE=1024:524288`),
+/// bounded by the kernel's `fs.nr_open`. The kept /proc and cgroup files take up to 9 fds a
+/// program (see the README), 45,000 at 5000 programs; past the limit the collector opens,
+/// reads and closes files at each scrape instead, at twice the CPU.
+pub const NOFILE_HARD: u64 = 524_288;
+
+/// Raises procwatch's soft RLIMIT_NOFILE to its hard limit, as Go programs do at start, and
+/// first, where it may, the hard limit to [`NOFILE_HARD`]: the collector keeps each process's
+/// /proc files open. Programs get the original limits back (see [`restore_nofile_in_child`]).
+/// Returns (soft before, soft after).
 pub fn raise_nofile_limit() -> (u64, u64) {
     let (soft, hard) = nofile_limit();
-    if soft < hard {
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(NOFILE_HARD);
+    let wanted = hard.max(NOFILE_HARD.min(nr_open));
+    // Without CAP_SYS_RESOURCE the hard limit cannot go up: then up to the hard limit only.
+    for to in [wanted, hard] {
+        if to <= soft {
+            break;
+        }
         let lim = libc::rlimit {
-            rlim_cur: hard,
-            rlim_max: hard,
+            rlim_cur: to,
+            rlim_max: to,
         };
         // SAFETY: plain syscall with a valid pointer.
         if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
-            let _ = ORIGINAL_NOFILE.compare_exchange(0, soft, Ordering::Relaxed, Ordering::Relaxed);
-            return (soft, hard);
+            if ORIGINAL_NOFILE[0].load(Ordering::Relaxed) == 0 {
+                ORIGINAL_NOFILE[1].store(hard, Ordering::Relaxed);
+                ORIGINAL_NOFILE[0].store(soft, Ordering::Relaxed);
+            }
+            return (soft, to);
         }
     }
     (soft, soft)
 }
 
-/// In a forked child before exec: puts back the soft RLIMIT_NOFILE procwatch started with.
-/// Async-signal-safe (an atomic load and setrlimit).
+/// In a forked child before exec, before the program's own `limits:` are set: puts back the
+/// RLIMIT_NOFILE (soft and hard) procwatch started with. Async-signal-safe (atomic loads and
+/// setrlimit; lowering a hard limit needs no privilege).
 pub fn restore_nofile_in_child() {
-    let soft = ORIGINAL_NOFILE.load(Ordering::Relaxed);
+    let soft = ORIGINAL_NOFILE[0].load(Ordering::Relaxed);
+    let hard = ORIGINAL_NOFILE[1].load(Ordering::Relaxed);
     if soft == 0 {
         return;
     }
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
+    let lim = libc::rlimit {
+        rlim_cur: soft,
+        rlim_max: hard,
     };
-    // SAFETY: plain syscalls with valid pointers.
-    unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur > soft {
-            lim.rlim_cur = soft;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
+    // SAFETY: plain syscall with a valid pointer.
+    unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
 }
 
 /// procwatch's own open fds (the size of /proc/self/fd, Linux 6.2+).

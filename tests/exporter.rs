@@ -125,6 +125,71 @@ fn max_fds_is_the_limit_the_program_set() {
     });
 }
 
+/// (soft, hard) RLIMIT_NOFILE of `pid`, from /proc/PID/limits.
+fn nofile_of(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = text.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let v: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (v[0], v[1])
+}
+
+#[test]
+fn programs_get_procwatch_s_starting_nofile_limit_back_or_the_one_they_configured() {
+    // procwatch raises its own limit for its kept files (as root the hard one too): its
+    // programs must not inherit that, and a `limits: {nofile}` above where procwatch started
+    // must survive the restore.
+    use std::os::unix::process::CommandExt;
+    let hard = nofile_of(std::process::id()).1;
+    let soft = 4096.min(hard / 2);
+    let wanted = soft + 1000;
+    let yaml = format!(
+        "processes:\n  - name: plain\n    command: [sleep, '600']\n  - name: own\n    command: [sleep, '600']\n    limits: {{nofile: {wanted}}}\n"
+    );
+    let (dir, config) = util::config_dir(&yaml);
+    let arg = config.to_str().unwrap().to_owned();
+    let pw = Procwatch::start_with(dir, config, &["--config", &arg], &marker("nofile"), |cmd| {
+        // SAFETY: setrlimit between fork and exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: soft,
+                    rlim_max: hard,
+                };
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+                Ok(())
+            });
+        }
+    });
+    let s = pw.wait_scrape(T, "both up with their limits", |s| {
+        s.prog("procwatch_process_max_fds", "plain").is_some() && s.prog("procwatch_process_max_fds", "own").is_some()
+    });
+    assert_eq!(s.prog("procwatch_process_max_fds", "own"), Some(wanted as f64));
+    assert_eq!(s.prog("procwatch_process_max_fds", "plain"), Some(soft as f64));
+    let pid = |name| s.prog("procwatch_process_pid", name).unwrap() as u32;
+    assert_eq!(
+        nofile_of(pid("plain")),
+        (soft, hard),
+        "the limits procwatch started with"
+    );
+    assert_eq!(nofile_of(pid("own")), (wanted, wanted), "the configured limit");
+    let own = nofile_of(pw.supervisor_pid() as u32);
+    if may_raise_hard_limits() {
+        // procwatch gives itself systemd's hard limit for a service.
+        assert!(own.0 == own.1 && own.1 >= hard.max(524_288), "procwatch's own: {own:?}");
+    } else {
+        println!("no CAP_SYS_RESOURCE here: procwatch's hard limit stays {hard}");
+        assert_eq!(own, (hard, hard), "procwatch's own, raised to its hard limit");
+    }
+}
+
+/// Whether this process has CAP_SYS_RESOURCE (may raise a hard limit), as procwatch will.
+fn may_raise_hard_limits() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let eff = status.lines().find_map(|l| l.strip_prefix("CapEff:")).unwrap();
+    // Bit 24: CAP_SYS_RESOURCE (linux/capability.h).
+    u64::from_str_radix(eff.trim(), 16).unwrap() & (1 << 24) != 0
+}
+
 #[test]
 fn no_collector_io_leaves_io_out_and_the_rest_in() {
     let pw = Procwatch::start(

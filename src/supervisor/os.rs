@@ -455,6 +455,9 @@ fn in_own_session(cmd: &mut Command, config: &ProgramConfig) {
             if libc::setsid() < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // procwatch raised its own open-files limit for its kept /proc files; not theirs.
+            // Put back before the program's own `limits:`, which may raise it again.
+            crate::procfs::restore_nofile_in_child();
             // User, groups, umask, limits; before PR_SET_PDEATHSIG, which a uid change clears.
             identity.apply_in_child().map_err(io::Error::from_raw_os_error)?;
             // Die with procwatch, even if procwatch is SIGKILLed.
@@ -465,8 +468,6 @@ fn in_own_session(cmd: &mut Command, config: &ProgramConfig) {
                 // procwatch died between fork and prctl.
                 libc::_exit(1);
             }
-            // procwatch raised its own open-files limit for its kept /proc files; not theirs.
-            crate::procfs::restore_nofile_in_child();
             // Only fds 0-2 past exec.
             super::probe::only_stdio_at_exec();
             Ok(())

@@ -458,6 +458,9 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         if libc::setsid() < 0 {
             return fail(1);
         }
+        // procwatch raised its own open-files limit for its kept /proc files; not theirs. Put
+        // back before the program's own `limits:`, which may raise it again.
+        crate::procfs::restore_nofile_in_child();
         // User, groups, umask, limits; before PR_SET_PDEATHSIG, which a uid change clears.
         // (apply_in_child makes raw credential system calls: glibc's wrappers would signal
         // procwatch's threads, whose memory this child shares.)
@@ -487,8 +490,6 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         {
             return fail(3);
         }
-        // procwatch raised its own open-files limit for its kept /proc files; not theirs.
-        crate::procfs::restore_nofile_in_child();
         for (fd, target) in ctx.stdio.fds.into_iter().zip(0..) {
             if let Some(fd) = fd
                 && !dup_onto(fd, target)
