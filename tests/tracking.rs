@@ -7,7 +7,7 @@
 
 mod util;
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -674,11 +674,15 @@ fn alone_in_a_delegated_cgroup_it_works_in_programs_beside_supervisor() {
 #[test]
 fn in_a_containers_cgroup_namespace_it_works_in_programs_beside_supervisor() {
     let Some(mount) = cgroup2() else { return };
+    // Inside: cgroup2 mounted where a container sees it (its root is the namespace's root).
+    let mount_it = "umount -l /sys/fs/cgroup 2>/dev/null; mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 99";
     let probe = std::process::Command::new("unshare")
-        .args(["--cgroup", "--mount", "--pid", "--fork", "true"])
+        .args(["--cgroup", "--mount", "--pid", "--fork", "sh", "-c", mount_it])
         .status();
-    if !probe.is_ok_and(|s| s.success()) {
-        eprintln!("!!! SKIPPED: cannot make cgroup, mount and PID namespaces here (unshare needs CAP_SYS_ADMIN)");
+    if !probe.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!(
+            "!!! SKIPPED: cannot make cgroup, mount and PID namespaces and mount cgroup2 in them here (needs CAP_SYS_ADMIN): {probe:?}"
+        );
         return;
     }
     let scratch = Scratch::make(&mount, "cgns");
@@ -689,9 +693,8 @@ fn in_a_containers_cgroup_namespace_it_works_in_programs_beside_supervisor() {
     // SAFETY: a valid C string.
     assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
     let log = dir.path().join("stderr.log");
-    // Inside: cgroup2 mounted where a container sees it (its root is the namespace's root),
-    // then procwatch, once the test says go.
-    let script = "umount -l /sys/fs/cgroup 2>/dev/null; mount -t cgroup2 cgroup2 /sys/fs/cgroup || exit 99; read go < \"$1\"; shift; exec \"$@\"";
+    // Then procwatch, once the test says go.
+    let script = format!("{mount_it}; read go < \"$1\"; shift; exec \"$@\"");
     let mut cmd = std::process::Command::new("unshare");
     cmd.args([
         "--cgroup",
@@ -701,7 +704,7 @@ fn in_a_containers_cgroup_namespace_it_works_in_programs_beside_supervisor() {
         "--mount-proc",
         "sh",
         "-c",
-        script,
+        &script,
         "sh",
     ])
     .arg(&go)
@@ -730,7 +733,22 @@ fn in_a_containers_cgroup_namespace_it_works_in_programs_beside_supervisor() {
     wait_for(T, "PID 1 alone in the namespace's root cgroup", || {
         (pids_in(&scratch.0) == [init]).then_some(())
     });
-    std::fs::write(&go, "go\n").unwrap();
+    let mut fifo = wait_for(T, "PID 1 to wait for go", || {
+        if let Ok(Some(status)) = unshare.try_wait() {
+            panic!(
+                "exited with {status}:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        // Without blocking: ENXIO until PID 1 has the FIFO open.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&go)
+            .ok()
+    });
+    std::io::Write::write_all(&mut fifo, b"go\n").unwrap();
+    drop(fifo);
     let addr = wait_for(T, "procwatch to log its address", || {
         if let Ok(Some(status)) = unshare.try_wait() {
             panic!(
