@@ -749,6 +749,10 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     lat.sort();
 
     let kept = KeptFloor::open(&pids, &mains, &reads);
+    let kept_files = (
+        kept.files.len() + kept.dirs.len(),
+        kept.unkept.len() + kept.unkept_dirs.len(),
+    );
     let (floor, _) = cpu_per(rounds as u32, || kept.pass() as usize);
     drop(kept);
     let (orc_floor, _) = cpu_per(rounds as u32, || floor_pass(&pids, &mains, &reads) as usize);
@@ -778,6 +782,19 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     std::thread::sleep(idle_for);
     let idle_pct = (pw.cpu(clk) - i0).as_secs_f64() / idle_for.as_secs_f64() * 100.0;
     let rss = pw.rss();
+    // How many fds procwatch holds against its limit: past the budget (the soft limit less
+    // 1024 and what else it holds), files are opened, read and closed at each scrape.
+    let fds = std::fs::metadata(format!("/proc/{}/fd", pw.supervisor)).map_or(0, |m| m.len());
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", pw.supervisor)).unwrap_or_default();
+    let nofile = limits
+        .lines()
+        .find_map(|l| l.strip_prefix("Max open files"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or("?");
+    println!(
+        "{label}: procwatch holds {fds} fds (soft limit {nofile}); the floor keeps {} files and fd directories open and opens {} at each pass (past its own limit less 1024)",
+        kept_files.0, kept_files.1
+    );
     let row = Row {
         label: label.to_owned(),
         start,
@@ -908,6 +925,10 @@ struct KeptFloor {
     dirs: Vec<std::fs::File>,
     /// Main processes whose limit is asked.
     limited: Vec<i32>,
+    /// What did not fit in this process's open-files limit: opened, read and closed at each
+    /// pass, as procwatch does past its fd budget.
+    unkept: Vec<PathBuf>,
+    unkept_dirs: Vec<PathBuf>,
 }
 
 impl KeptFloor {
@@ -917,16 +938,31 @@ impl KeptFloor {
         } else {
             Vec::new()
         };
-        let files = reads
-            .paths(pids)
-            .into_iter()
-            .filter_map(|p| std::fs::File::open(p).ok())
-            .collect();
-        let dirs = pids
-            .iter()
-            .filter_map(|pid| std::fs::File::open(format!("/proc/{pid}/fd")).ok())
-            .collect();
-        KeptFloor { files, dirs, limited }
+        // Keeps what the limit (less 1024, as procwatch leaves) allows.
+        let (soft, _) = procwatch::procfs::nofile_limit();
+        let mut room = soft.saturating_sub(1024) as usize;
+        let mut take = |p: PathBuf, kept: &mut Vec<std::fs::File>, unkept: &mut Vec<PathBuf>| {
+            if room == 0 {
+                unkept.push(p);
+            } else if let Ok(f) = std::fs::File::open(&p) {
+                room -= 1;
+                kept.push(f);
+            }
+        };
+        let (mut files, mut dirs, mut unkept, mut unkept_dirs) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for p in reads.paths(pids) {
+            take(p, &mut files, &mut unkept);
+        }
+        for pid in pids {
+            take(PathBuf::from(format!("/proc/{pid}/fd")), &mut dirs, &mut unkept_dirs);
+        }
+        KeptFloor {
+            files,
+            dirs,
+            limited,
+            unkept,
+            unkept_dirs,
+        }
     }
 
     fn pass(&self) -> u64 {
@@ -938,6 +974,16 @@ impl KeptFloor {
         }
         for d in &self.dirs {
             acc += d.metadata().map_or(0, |m| m.len());
+        }
+        let mut grown = Vec::with_capacity(4096);
+        for p in &self.unkept {
+            grown.clear();
+            if let Ok(mut f) = std::fs::File::open(p) {
+                acc += f.read_to_end(&mut grown).unwrap_or(0) as u64;
+            }
+        }
+        for p in &self.unkept_dirs {
+            acc += std::fs::metadata(p).map_or(0, |m| m.len());
         }
         acc + Reads::limits_of(&self.limited)
     }
