@@ -46,11 +46,11 @@ fn a_burst_of_writes_is_one_restart_and_one_signal() {
     }
     let yaml = format!(
         "processes:\n{}{}watches:\n  - name: src\n    path: {}\n",
-        program("r", &r_log, "{watch: src, action: restart, debounce: 300ms}"),
+        program("r", &r_log, "{watch: src, action: restart, debounce: 1s}"),
         program(
             "s",
             &s_log,
-            "{watch: src, action: signal, signal: HUP, debounce: 300ms}"
+            "{watch: src, action: signal, signal: HUP, debounce: 1s}"
         ),
         watched.path().display()
     );
@@ -65,10 +65,17 @@ fn a_burst_of_writes_is_one_restart_and_one_signal() {
     });
     let pid = pw.scrape().prog("procwatch_process_pid", "r").unwrap();
 
-    // 100 writes, each its own open-write-close, back to back: one burst.
+    // 100 writes, each its own open-write-close, back to back: one burst. The debounce is long
+    // beside the loop (a few ms) so that a loaded test machine pausing the loop cannot split it.
+    let burst = std::time::Instant::now();
     for i in 0..100 {
         fs::write(watched.path().join(format!("f{}", i % 10)), format!("new {i}")).unwrap();
     }
+    assert!(
+        burst.elapsed() < Duration::from_secs(1),
+        "the 100 writes took {:?}, longer than the debounce: the test machine is too loaded",
+        burst.elapsed()
+    );
     let s = pw.wait_scrape(T, "one action each", |s| {
         triggers(s, "src", "r") == Some(1.0) && triggers(s, "src", "s") == Some(1.0)
     });
@@ -106,7 +113,7 @@ fn a_burst_of_writes_is_one_restart_and_one_signal() {
             .read_to_string(&mut text)
             .unwrap();
     }
-    std::thread::sleep(Duration::from_millis(1200)); // 4 debounces: time for a wrong action
+    std::thread::sleep(Duration::from_millis(2500)); // 2.5 debounces: time for a wrong action
     let s = pw.scrape();
     assert_eq!(
         (triggers(&s, "src", "r"), triggers(&s, "src", "s")),
