@@ -903,7 +903,10 @@ pub fn parse_pressure(text: &str) -> Option<Pressure> {
         } else {
             continue;
         };
-        *slot = line.rsplit_once(" total=").and_then(|(_, v)| v.trim_end().parse().ok());
+        *slot = line
+            .rsplit_once(' ')
+            .and_then(|(_, f)| f.strip_prefix("total="))
+            .and_then(|v| v.trim_end().parse().ok());
     }
     Some(Pressure {
         some_usec: some?,
