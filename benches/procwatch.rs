@@ -751,7 +751,7 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     let kept = KeptFloor::open(&pids, &mains, &reads);
     let kept_files = (
         kept.files.len() + kept.dirs.len(),
-        kept.unkept.len() + kept.unkept_dirs.len(),
+        kept.unkept.len() + kept.unkept_dirs.len() + kept.unkept_cgroup.len(),
     );
     let (floor, _) = cpu_per(rounds as u32, || kept.pass() as usize);
     drop(kept);
@@ -929,6 +929,11 @@ struct KeptFloor {
     /// pass, as procwatch does past its fd budget.
     unkept: Vec<PathBuf>,
     unkept_dirs: Vec<PathBuf>,
+    /// Each cgroup's directory, which procwatch holds for spawning: a cgroup file past the
+    /// budget is opened relative to it, as procwatch does.
+    cgroup_dirs: Vec<std::fs::File>,
+    /// (index in `cgroup_dirs`, file name) of the cgroup files past the budget.
+    unkept_cgroup: Vec<(usize, std::ffi::CString)>,
 }
 
 impl KeptFloor {
@@ -938,9 +943,19 @@ impl KeptFloor {
         } else {
             Vec::new()
         };
-        // Keeps what the limit (less 1024, as procwatch leaves) allows.
+        // The cgroups' directories first (procwatch holds them whatever its budget), then
+        // keeps what the limit (less 1024, as procwatch leaves) allows.
+        let mut cgroup_dirs = Vec::new();
+        let mut dir_of = std::collections::HashMap::new();
+        for p in &reads.cgroup_files {
+            let dir = p.parent().unwrap().to_path_buf();
+            if !dir_of.contains_key(&dir) {
+                dir_of.insert(dir.clone(), cgroup_dirs.len());
+                cgroup_dirs.push(std::fs::File::open(&dir).unwrap());
+            }
+        }
         let (soft, _) = procwatch::procfs::nofile_limit();
-        let mut room = soft.saturating_sub(1024) as usize;
+        let mut room = (soft.saturating_sub(1024) as usize).saturating_sub(cgroup_dirs.len());
         let mut take = |p: PathBuf, kept: &mut Vec<std::fs::File>, unkept: &mut Vec<PathBuf>| {
             if room == 0 {
                 unkept.push(p);
@@ -956,7 +971,18 @@ impl KeptFloor {
         for pid in pids {
             take(PathBuf::from(format!("/proc/{pid}/fd")), &mut dirs, &mut unkept_dirs);
         }
+        let mut unkept_cgroup = Vec::new();
+        unkept.retain(|p| match p.parent().and_then(|d| dir_of.get(d)) {
+            Some(&i) => {
+                let name = p.file_name().unwrap().as_encoded_bytes().to_vec();
+                unkept_cgroup.push((i, std::ffi::CString::new(name).unwrap()));
+                false
+            }
+            None => true,
+        });
         KeptFloor {
+            cgroup_dirs,
+            unkept_cgroup,
             files,
             dirs,
             limited,
@@ -975,15 +1001,25 @@ impl KeptFloor {
         for d in &self.dirs {
             acc += d.metadata().map_or(0, |m| m.len());
         }
-        let mut grown = Vec::with_capacity(4096);
+        // One read at offset 0, as procwatch reads a file it does not keep.
         for p in &self.unkept {
-            grown.clear();
-            if let Ok(mut f) = std::fs::File::open(p) {
-                acc += f.read_to_end(&mut grown).unwrap_or(0) as u64;
+            if let Ok(f) = std::fs::File::open(p) {
+                acc += f.read_at(&mut buf, 0).unwrap_or(0) as u64;
             }
         }
         for p in &self.unkept_dirs {
             acc += std::fs::metadata(p).map_or(0, |m| m.len());
+        }
+        for (i, name) in &self.unkept_cgroup {
+            use std::os::fd::{AsRawFd, FromRawFd};
+            let dir = self.cgroup_dirs[*i].as_raw_fd();
+            // SAFETY: a valid directory fd and C string; the fd returned is owned below.
+            let fd = unsafe { libc::openat(dir, name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd >= 0 {
+                // SAFETY: just opened, owned by nobody else.
+                let f = unsafe { std::fs::File::from_raw_fd(fd) };
+                acc += f.read_at(&mut buf, 0).unwrap_or(0) as u64;
+            }
         }
         acc + Reads::limits_of(&self.limited)
     }
