@@ -1104,7 +1104,11 @@ mod tests {
         let mut pids = Vec::new();
         parse_pids(&buf, &mut pids);
         assert!(buf.len() > 4096, "{} bytes", buf.len());
-        assert_eq!(pids.len(), kids.len(), "every child, at the first read");
+        // Every child, at the first read. (Others may be listed too: children of a test
+        // thread that exited are re-parented to another thread of this process.)
+        let listed: HashSet<i32> = pids.iter().copied().collect();
+        let missing = kids.iter().filter(|k| !listed.contains(&(k.id() as i32))).count();
+        assert_eq!(missing, 0, "{} of {} children listed", pids.len(), kids.len());
         for k in &mut kids {
             k.kill().unwrap();
             k.wait().unwrap();
