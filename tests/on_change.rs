@@ -47,11 +47,7 @@ fn a_burst_of_writes_is_one_restart_and_one_signal() {
     let yaml = format!(
         "processes:\n{}{}watches:\n  - name: src\n    path: {}\n",
         program("r", &r_log, "{watch: src, action: restart, debounce: 1s}"),
-        program(
-            "s",
-            &s_log,
-            "{watch: src, action: signal, signal: HUP, debounce: 1s}"
-        ),
+        program("s", &s_log, "{watch: src, action: signal, signal: HUP, debounce: 1s}"),
         watched.path().display()
     );
     let pw = Procwatch::start_marked(&yaml, &["--web.enable-lifecycle"], &marker("on-change"));
