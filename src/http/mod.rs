@@ -87,62 +87,6 @@ struct ScrapeCache {
     /// Length of the last page: the next is encoded into a buffer of about that size, which
     /// then becomes the response body as it is (no copy, no doubling beyond the page).
     last_len: usize,
-    /// Page buffers whose response has been sent.
-    pages: PagePool,
-}
-
-/// Buffers of sent pages, reused by the next scrape: a fresh 1.3 MB buffer (1000 programs) at
-/// each scrape cost about 1 ms of page faults, or, left to glibc's arenas, stayed behind in
-/// each blocking thread's arena (see `metrics::Collector::new`).
-#[derive(Default, Clone)]
-struct PagePool(Arc<std::sync::Mutex<Vec<String>>>);
-
-impl PagePool {
-    /// At most this many idle buffers: the next scrape's (scrapes run one at a time; a page
-    /// still being sent when the next starts makes that one take a fresh buffer).
-    const KEEP: usize = 1;
-
-    /// An empty buffer of at least `capacity` bytes.
-    fn take(&self, capacity: usize) -> String {
-        let mut page = self
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop()
-            .unwrap_or_default();
-        page.reserve(capacity);
-        page
-    }
-
-    /// `page` as a response body whose buffer comes back here once the body is dropped.
-    fn body(&self, page: String) -> Bytes {
-        Bytes::from_owner(PooledPage {
-            page,
-            pool: self.clone(),
-        })
-    }
-}
-
-struct PooledPage {
-    page: String,
-    pool: PagePool,
-}
-
-impl AsRef<[u8]> for PooledPage {
-    fn as_ref(&self) -> &[u8] {
-        self.page.as_bytes()
-    }
-}
-
-impl Drop for PooledPage {
-    fn drop(&mut self) {
-        let mut page = std::mem::take(&mut self.page);
-        page.clear();
-        let mut idle = self.pool.0.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() < PagePool::KEEP {
-            idle.push(page);
-        }
-    }
 }
 
 type Body = Full<Bytes>;
@@ -357,18 +301,15 @@ async fn scrape(state: &State, format: metrics::Format, gzip: bool) -> Option<By
     let started = Instant::now();
     let collector = Arc::clone(&state.collector);
     let capacity = cache.last_len + cache.last_len / 16 + 4096;
-    let pages = cache.pages.clone();
     let (len, body) = tokio::task::spawn_blocking(move || {
         let g = collector.gather();
-        let mut page = pages.take(capacity);
+        let mut page = String::with_capacity(capacity);
         collector.encode(g, format, &mut page);
         let len = page.len();
         let body = if gzip {
-            let body = Bytes::from(metrics::gzip(page.as_bytes()));
-            drop(pages.body(page));
-            body
+            Bytes::from(metrics::gzip(page.as_bytes()))
         } else {
-            pages.body(page)
+            Bytes::from(page)
         };
         (len, body)
     })
@@ -391,29 +332,4 @@ fn text(status: StatusCode, body: &str) -> Response<Body> {
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_sent_page_s_buffer_is_reused_by_the_next_scrape() {
-        let pool = PagePool::default();
-        let mut page = pool.take(1 << 20);
-        page.push_str("procwatch_process_up{name=\"a\"} 1\n");
-        let at = page.as_ptr();
-        let body = pool.body(page);
-        let copy = body.clone();
-        assert_eq!(&body[..], b"procwatch_process_up{name=\"a\"} 1\n");
-        drop(body);
-        assert!(pool.take(16).capacity() < 1 << 20, "still being sent: not back yet");
-        drop(copy);
-        let next = pool.take(1 << 20);
-        assert_eq!((next.as_ptr(), next.len()), (at, 0), "the same buffer, empty");
-        for _ in 0..5 {
-            drop(pool.body(pool.take(64)));
-        }
-        assert!(pool.0.lock().unwrap().len() <= PagePool::KEEP);
-    }
 }
