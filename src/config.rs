@@ -1363,7 +1363,7 @@ fn identity_of(src: &Source, i: usize, p: &RawProgram) -> Result<Identity, Confi
                 &value.referenced,
                 &key,
                 format!(
-                    "{} is above procwatch's own hard limit {current_hard}; raising it needs root (CAP_SYS_RESOURCE)",
+                    "{} is above procwatch's own hard limit {current_hard}; raising it needs CAP_SYS_RESOURCE, which procwatch does not have (root in a container may lack it)",
                     fmt_limit(hard)
                 ),
             );
