@@ -810,11 +810,127 @@ impl ProgramCgroup {
         }
     }
 
-    /// An inotify watch on `cgroup.events`: readable whenever `populated` may have changed.
-    /// The kernel sends IN_MODIFY on that file for every change (cgroup-v2.rst), so a stop
-    /// waits for emptiness without polling.
-    pub fn events_watch(&self) -> io::Result<OwnedFd> {
-        events_watch(&self.dir)
+    /// A watch on `cgroup.events`, which changes whenever `populated` may have (the kernel
+    /// sends IN_MODIFY on that file for every change, cgroup-v2.rst), so a stop waits for
+    /// emptiness without polling. See [`EventsWatch`].
+    pub fn events_watch(&self) -> io::Result<EventsWatch> {
+        EventsWatch::new(&self.dir)
+    }
+}
+
+/// A watch on one cgroup's `cgroup.events`, in the inotify instance every stop shares.
+///
+/// One instance for all: an instance per stop ran out of `fs.inotify.max_user_instances`
+/// (128 by default) when hundreds of programs stopped at once, and closing an instance that
+/// held a watch waits for an SRCU grace period. Removing a watch from a live instance does
+/// not wait (the mark is freed later by the kernel's reaper). One thread reads the instance
+/// and bumps each watched cgroup's counter; a waiter sees every bump made after it subscribed.
+pub struct EventsWatch {
+    wd: i32,
+    rx: tokio::sync::watch::Receiver<u64>,
+}
+
+/// The shared instance: its fd, and the counter of each watch descriptor with the number of
+/// [`EventsWatch`]es on it (two stops of one cgroup share its descriptor).
+struct EventsWatches {
+    fd: OwnedFd,
+    watched: Mutex<std::collections::HashMap<i32, (tokio::sync::watch::Sender<u64>, usize)>>,
+}
+
+/// Made at the first watch, with the thread that reads it; lives as long as procwatch.
+static EVENTS_WATCHES: std::sync::OnceLock<io::Result<EventsWatches>> = std::sync::OnceLock::new();
+
+fn events_watches() -> io::Result<&'static EventsWatches> {
+    let shared = EVENTS_WATCHES.get_or_init(|| {
+        // Blocking reads on a thread of its own: no runtime needed, none stalled.
+        // SAFETY: plain syscall; the fd is owned below.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: just created and owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        std::thread::Builder::new()
+            .name("cgroup-events".into())
+            .spawn(read_events_forever)?;
+        Ok(EventsWatches {
+            fd,
+            watched: Mutex::new(std::collections::HashMap::new()),
+        })
+    });
+    shared.as_ref().map_err(|e| io::Error::new(e.kind(), e.to_string()))
+}
+
+/// The reading thread: every event bumps its watch's counter (an overflow bumps them all).
+fn read_events_forever() {
+    let Ok(shared) = events_watches() else { return };
+    let mut buf = [0u8; 4096];
+    let header = std::mem::size_of::<libc::inotify_event>();
+    loop {
+        // SAFETY: reading into a local buffer from the instance's fd.
+        let n = unsafe { libc::read(shared.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            tracing::error!(error = %io::Error::last_os_error(), "cannot read cgroup.events watches");
+            return;
+        }
+        let watched = shared.watched.lock().unwrap_or_else(|e| e.into_inner());
+        let mut at = 0;
+        while at + header <= n as usize {
+            // SAFETY: the kernel writes whole events; read_unaligned copes with the buffer.
+            let ev: libc::inotify_event = unsafe { std::ptr::read_unaligned(buf[at..].as_ptr().cast()) };
+            at += header + ev.len as usize;
+            let bump = |tx: &tokio::sync::watch::Sender<u64>| tx.send_modify(|n| *n += 1);
+            if ev.mask & libc::IN_Q_OVERFLOW != 0 {
+                watched.values().for_each(|(tx, _)| bump(tx));
+            } else if let Some((tx, _)) = watched.get(&ev.wd) {
+                bump(tx);
+            }
+        }
+    }
+}
+
+impl EventsWatch {
+    fn new(dir: &Path) -> io::Result<EventsWatch> {
+        let shared = events_watches()?;
+        let path = CString::new(dir.join("cgroup.events").as_os_str().as_bytes()).map_err(io::Error::other)?;
+        let mut watched = shared.watched.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: valid fd and C string. The same file gives the same descriptor.
+        let wd = unsafe { libc::inotify_add_watch(shared.fd.as_raw_fd(), path.as_ptr(), libc::IN_MODIFY) };
+        if wd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let (tx, refs) = watched
+            .entry(wd)
+            .or_insert_with(|| (tokio::sync::watch::Sender::new(0), 0));
+        *refs += 1;
+        Ok(EventsWatch { wd, rx: tx.subscribe() })
+    }
+
+    /// Resolves at the next change after the watch was made or last resolved.
+    pub async fn changed(&mut self) {
+        if self.rx.changed().await.is_err() {
+            // The sender lives while this watch does.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl Drop for EventsWatch {
+    fn drop(&mut self) {
+        let Ok(shared) = events_watches() else { return };
+        let mut watched = shared.watched.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, refs)) = watched.get_mut(&self.wd) {
+            *refs -= 1;
+            if *refs == 0 {
+                watched.remove(&self.wd);
+                // EINVAL when the cgroup is gone already (its watch went with it).
+                // SAFETY: plain syscall on the instance's fd.
+                unsafe { libc::inotify_rm_watch(shared.fd.as_raw_fd(), self.wd) };
+            }
+        }
     }
 }
 
@@ -842,7 +958,7 @@ fn events_watch(dir: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Empties an inotify fd's queue (the events only say "look again").
-pub fn drain(fd: &OwnedFd) {
+fn drain(fd: &OwnedFd) {
     let mut buf = [0u8; 1024];
     // SAFETY: reading into a local buffer from a nonblocking fd we own.
     while unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}

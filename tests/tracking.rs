@@ -833,3 +833,31 @@ fn a_cgroup2_mount_from_outside_the_cgroup_namespace_means_proc_mode() {
     );
     assert!(stdout.contains("does not hold procwatch's cgroup"), "{stdout}");
 }
+
+/// 200 programs that each take 300 ms to exit after SIGTERM, stopped together by SIGTERM: every
+/// stop waits on `cgroup.events` at once. They share one inotify instance: an instance per stop
+/// ran out of `fs.inotify.max_user_instances` (128 by default) and fell back to polling, with a
+/// warning per program.
+#[test]
+fn hundreds_of_programs_stopping_at_once_wait_without_polling() {
+    if cgroup2().is_none() {
+        return;
+    }
+    let m = util::marker("many-stops");
+    let mut yaml = String::from("processes:\n");
+    for i in 0..200 {
+        yaml.push_str(&format!(
+            "  - name: slow{i}\n    command: [sh, -c, 'trap \"sleep 0.3; exit 0\" TERM; sleep 600 & wait']\n"
+        ));
+    }
+    let mut pw = start(Mode::Cgroup, &yaml, &[], &m);
+    pw.wait_scrape(T, "all 200 up", |s| {
+        (0..200).all(|i| s.prog("procwatch_process_up", &format!("slow{i}")) == Some(1.0))
+    });
+    let status = pw.stop();
+    assert!(status.success(), "{status:?}\n{}", pw.stderr());
+    let log = pw.stderr();
+    assert!(!log.contains("cannot watch cgroup.events"), "{log}");
+    let left = procs_with(&m);
+    assert!(left.is_empty(), "left running: {left:?}\n{log}");
+}

@@ -643,9 +643,8 @@ enum Targets {
     /// Every member of the program's cgroup; `cgroup.events` tells when it is empty.
     Cgroup {
         cgroup: Arc<crate::cgroup::ProgramCgroup>,
-        /// An inotify fd on `cgroup.events`, made at the first wait; closed off the async
-        /// workers when the stop is over.
-        watch: Option<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>,
+        /// A watch on `cgroup.events`, made at the first wait.
+        watch: Option<crate::cgroup::EventsWatch>,
         /// inotify failed: a recheck timer instead.
         watch_failed: bool,
         /// Members already sent the signal of the current step.
@@ -668,10 +667,8 @@ impl Targets {
     /// `main_alive`: the tree can only be walked from a main process that still runs.
     fn find(program: &Program, pgid: i32, main_alive: bool) -> Targets {
         if let Some(cg) = program.cgroup.get() {
-            // The inotify watch is made only when a stop has to wait (see `changed`): closing
-            // an inotify fd that held a watch waits for an SRCU grace period, milliseconds,
-            // which every restart paid when the watch was made up front (restart latency
-            // median 16 ms, now under 3 ms).
+            // The watch is made only when a stop has to wait (see `changed`): a run that ends
+            // with its cgroup empty (most restarts) needs none.
             return Targets::Cgroup {
                 cgroup: Arc::clone(cg),
                 watch: None,
@@ -811,23 +808,14 @@ impl Targets {
     /// events).
     async fn changed(&mut self) {
         match self {
-            Targets::Cgroup { watch: Some(w), .. } => {
-                if let Ok(mut guard) = w.readable().await {
-                    crate::cgroup::drain(guard.get_inner());
-                    guard.clear_ready();
-                }
-            }
+            Targets::Cgroup { watch: Some(w), .. } => w.changed().await,
             Targets::Cgroup {
                 cgroup,
                 watch: watch @ None,
                 watch_failed: watch_failed @ false,
                 ..
             } => {
-                match cgroup.events_watch().and_then(|fd| {
-                    // SAFETY: an OwnedFd: valid, and owned by the AsyncFd for its whole life.
-                    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }
-                        .map_err(|e| e.into_parts().1)
-                }) {
+                match cgroup.events_watch() {
                     // Resolves at once: the caller looks again with the watch in place, so
                     // that a change made before the watch existed is not missed.
                     Ok(w) => *watch = Some(w),
@@ -838,19 +826,6 @@ impl Targets {
                 }
             }
             _ => tokio::time::sleep(GROUP_RECHECK).await,
-        }
-    }
-}
-
-impl Drop for Targets {
-    fn drop(&mut self) {
-        if let Targets::Cgroup { watch, .. } = self
-            && let Some(w) = watch.take()
-        {
-            // Deregistered here; the close itself waits for an SRCU grace period (the
-            // watch's mark is freed), which must not stall an async worker.
-            let fd = w.into_inner();
-            tokio::task::spawn_blocking(move || drop(fd));
         }
     }
 }
