@@ -534,8 +534,9 @@ fn read_into(path: &str, buf: &mut Vec<u8>) -> Option<()> {
 /// Reads the whole of a kept /proc (or cgroupfs) file from offset 0 into `buf`, without
 /// zeroing the buffer first. Most of these files are one seq_file record, whole in the first
 /// read; `cgroup.procs` and `children` are one short record per PID, and a read stops at the
-/// last record that fits: a read that leaves less than [`RECORD_ROOM`] bytes free is
-/// followed by reads from where it stopped until one returns nothing.
+/// last record that fits its room or the kernel's page ([`SEQ_PAGE`]): a read that ends
+/// within [`RECORD_ROOM`] bytes of either is followed by reads from where it stopped until
+/// one returns nothing.
 pub(crate) fn pread_into(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
     use std::os::fd::AsRawFd;
     buf.clear();
@@ -556,7 +557,10 @@ pub(crate) fn pread_into(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
         let (n, room) = (n as usize, spare.len());
         // SAFETY: pread initialized the first `n` bytes of the spare capacity.
         unsafe { buf.set_len(at + n) };
-        if n == 0 || room - n >= RECORD_ROOM {
+        // A seq_file read stops at the end of its page (4 KiB, more only where one record
+        // needs it), whatever room is left: a read that ends close to a page end may have
+        // stopped there, and one that ends close to the room's end may have been cut.
+        if n == 0 || (room - n >= RECORD_ROOM && n < SEQ_PAGE - RECORD_ROOM) {
             return Ok(());
         }
         want = room * 2;
@@ -565,6 +569,8 @@ pub(crate) fn pread_into(f: &File, buf: &mut Vec<u8>) -> std::io::Result<()> {
 
 /// More than the longest record of a multi-record file read through [`pread_into`].
 const RECORD_ROOM: usize = 256;
+/// What one read of a seq_file returns at most, where no single record is larger.
+const SEQ_PAGE: usize = 4096;
 
 /// (soft, hard) RLIMIT_NOFILE of procwatch.
 pub fn nofile_limit() -> (u64, u64) {
@@ -1094,21 +1100,33 @@ mod tests {
 
     #[test]
     fn a_kept_file_of_many_records_is_read_whole() {
-        // 800 children of this thread: its children file (one record per PID) spans reads.
-        let mut kids: Vec<_> = (0..800)
+        // 1500 children of this thread: its children file (one record per PID, 7500 bytes
+        // or more) spans pages of the kernel's seq_file, which a read never crosses.
+        let mut kids: Vec<_> = (0..1500)
             .map(|_| std::process::Command::new("sleep").arg("30").spawn().unwrap())
             .collect();
         let f = File::open("/proc/thread-self/children").unwrap();
         let mut buf = Vec::with_capacity(16);
-        pread_into(&f, &mut buf).unwrap();
         let mut pids = Vec::new();
-        parse_pids(&buf, &mut pids);
-        assert!(buf.len() > 4096, "{} bytes", buf.len());
-        // Every child, at the first read. (Others may be listed too: children of a test
-        // thread that exited are re-parented to another thread of this process.)
-        let listed: HashSet<i32> = pids.iter().copied().collect();
-        let missing = kids.iter().filter(|k| !listed.contains(&(k.id() as i32))).count();
-        assert_eq!(missing, 0, "{} of {} children listed", pids.len(), kids.len());
+        // Twice through one buffer: the second read has room for the whole file to spare,
+        // and must still go on past the first page.
+        for read in ["first", "second"] {
+            pread_into(&f, &mut buf).unwrap();
+            assert!(buf.len() > SEQ_PAGE, "{read} read: {} bytes", buf.len());
+            pids.clear();
+            parse_pids(&buf, &mut pids);
+            // Every child. (Others may be listed too: children of a test thread that exited
+            // are re-parented to another thread of this process.)
+            let listed: HashSet<i32> = pids.iter().copied().collect();
+            let missing = kids.iter().filter(|k| !listed.contains(&(k.id() as i32))).count();
+            assert_eq!(
+                missing,
+                0,
+                "{read} read: {} of {} children listed",
+                pids.len(),
+                kids.len()
+            );
+        }
         for k in &mut kids {
             k.kill().unwrap();
             k.wait().unwrap();

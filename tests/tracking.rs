@@ -861,3 +861,40 @@ fn hundreds_of_programs_stopping_at_once_wait_without_polling() {
     let left = procs_with(&m);
     assert!(left.is_empty(), "left running: {left:?}\n{log}");
 }
+
+/// One program of 1001 processes: its `cgroup.procs` (cgroup mode) or its main process's
+/// children file (proc mode) spans several pages of the kernel's seq_file. Every scrape
+/// counts them all: the reads of a kept file used to stop at the first page once the reused
+/// buffer had grown (1001 at the first scrape, 682 from the second on).
+fn every_scrape_counts_a_big_tree(mode: Mode) {
+    let m = util::marker(&format!("big-tree-{mode:?}"));
+    let yaml = "processes:\n  - name: tree\n    command: [sh, -c, 'for i in $(seq 1000); do sleep 600 & done; wait']\n";
+    let mut pw = start(mode, yaml, &[], &m);
+    pw.wait_scrape(T, "1001 processes", |s| {
+        s.prog("procwatch_process_tree_processes", "tree") == Some(1001.0)
+    });
+    for scrape in 2..=4 {
+        let s = pw.scrape();
+        assert_eq!(
+            s.prog("procwatch_process_tree_processes", "tree"),
+            Some(1001.0),
+            "scrape {scrape} after the first full count"
+        );
+    }
+    assert!(pw.stop().success());
+    let left = procs_with(&m);
+    assert!(left.is_empty(), "left running: {} processes", left.len());
+}
+
+#[test]
+fn every_scrape_counts_a_big_tree_in_cgroup_mode() {
+    if cgroup2().is_none() {
+        return;
+    }
+    every_scrape_counts_a_big_tree(Mode::Cgroup);
+}
+
+#[test]
+fn every_scrape_counts_a_big_tree_in_proc_mode() {
+    every_scrape_counts_a_big_tree(Mode::Unprivileged);
+}
