@@ -299,6 +299,91 @@ fn a_setpgid_child_is_stopped_on_restart_and_removal_in_proc_mode() {
     setpgid_child_stopped(Mode::Unprivileged);
 }
 
+/// A grouper in perl (quicker to start than python): its child moves to its own process group
+/// in the same session and sleeps; the main process exits 1 after 0.2 s. Once the main is
+/// reaped, the child is one of procwatch's re-parented children: only the listing of those
+/// finds it.
+const PERL_GROUPER: &str = "if (!fork) { setpgrp(0, 0); sleep 600; exit } select(undef, undef, undef, 0.2); exit 1";
+
+/// Proc mode shares one listing of procwatch's children among every stop under way. Many
+/// programs stop at once (a reload that removes 150, then SIGTERM with 150 more) while six
+/// groupers restart several times a second, each run's stop finding its re-parented child
+/// through a listing: a listing made before the child was re-parented (by another stop) must
+/// not let a stop end without it, so no more than one child per grouper ever runs; the mass
+/// stops end by the stop signal alone, and nothing is left.
+#[test]
+fn stops_of_many_programs_at_once_in_proc_mode_still_find_re_parented_children() {
+    const GROUPERS: usize = 6;
+    let m = util::marker("many-stops");
+    let config = |sleepers: usize| {
+        let mut y = String::from("cgroup: off\nshutdown_timeout: 30s\nprocesses:\n");
+        for i in 0..GROUPERS {
+            y.push_str(&format!(
+                "  - name: g{i}\n    command: [perl, -e, '{PERL_GROUPER}']\n    restart: always\n    backoff: {{initial: 50ms, max: 50ms}}\n"
+            ));
+        }
+        for i in 0..sleepers {
+            y.push_str(&format!("  - name: s{i}\n    command: [sleep, '600']\n"));
+        }
+        y
+    };
+    let mut pw = start(Mode::Cgroup, &config(300), &[], &m);
+    let restarts = |s: &util::Scrape| {
+        (0..GROUPERS)
+            .map(|i| {
+                s.prog("procwatch_process_restarts_total", &format!("g{i}"))
+                    .unwrap_or(0.0)
+            })
+            .fold(f64::INFINITY, f64::min)
+    };
+    let s = pw.wait_scrape(T, "300 sleepers up and every grouper restarted", |s| {
+        (0..300).all(|i| s.prog("procwatch_process_up", &format!("s{i}")) == Some(1.0)) && restarts(s) >= 2.0
+    });
+    let before = restarts(&s);
+    let mut most = 0;
+    let mut check = || {
+        let mut reader = procwatch::procfs::Reader::default();
+        let kids: Vec<i32> = running(&m, "perl")
+            .into_iter()
+            .filter(|&pid| reader.stat(pid).is_some_and(|st| st.pgrp == pid && st.session != pid))
+            .collect();
+        most = most.max(kids.len());
+        assert!(kids.len() <= GROUPERS, "children of earlier runs still run: {kids:?}");
+    };
+    pw.write_config(&config(150));
+    pw.signal(libc::SIGHUP);
+    wait_for(
+        T,
+        "150 sleepers to be stopped, and every grouper to restart 3 times more",
+        || {
+            check();
+            let s = pw.scrape();
+            ((150..300).all(|i| s.prog("procwatch_process_up", &format!("s{i}")).is_none())
+                && restarts(&s) >= before + 3.0)
+                .then_some(())
+        },
+    );
+    assert!(most >= 1, "the groupers' children were seen running");
+    let sleepers = procs_with(&m)
+        .iter()
+        .filter(|(_, cmd)| cmd.starts_with("sleep "))
+        .count();
+    assert_eq!(sleepers, 150, "the sleepers removed are gone, the others run");
+    let status = pw.stop();
+    assert!(status.success(), "{status:?}\n{}", pw.stderr());
+    let left = procs_with(&m);
+    assert!(left.is_empty(), "left running: {left:?}");
+    let log = pw.stderr();
+    assert!(
+        !log.contains("sending SIGKILL"),
+        "every stop ended by the stop signal:\n{log}"
+    );
+    assert!(
+        !log.contains("the guardian killed processes"),
+        "nothing was left for the guardian:\n{log}"
+    );
+}
+
 #[test]
 fn the_mode_is_logged_and_exported() {
     let m = util::marker("mode");

@@ -2,7 +2,8 @@
 //! and stop its whole process tree when told to (stop signal, grace, SIGKILL): in cgroup mode
 //! every member of its cgroup, in proc mode its session, its tree and what left them.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::mpsc;
@@ -22,6 +23,10 @@ use crate::procfs;
 /// How often a stop in proc mode re-checks its process group besides on every reap: catches
 /// processes that left the group's session and are not procwatch's to reap.
 const GROUP_RECHECK: Duration = Duration::from_millis(50);
+/// A listing of procwatch's children (see [`Children`]) is made at most once per this many
+/// times the cost of the last: at most an eighth of a core however many children procwatch
+/// has (a listing of 5000 costs about 25 ms here).
+const LISTING_SPACING: u32 = 8;
 /// How long to wait for a group to vanish after SIGKILL.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long a run's end waits for the last of its output to be read (a descendant that left
@@ -575,7 +580,7 @@ impl Runner {
     /// until then).
     async fn stop_group(&mut self, pgid: i32, main: &mut Option<i32>) {
         let mut targets = Targets::find(&self.entry.program, pgid, main.is_some());
-        if !targets.alive() && main.is_none() {
+        if main.is_none() && targets.gone().await {
             return;
         }
         let signal = self.status.config.stop_signal;
@@ -614,7 +619,11 @@ impl Runner {
                 targets.refresh(sig);
             }
             if main.is_none() && !targets.alive() {
-                return true;
+                if targets.gone().await {
+                    return true;
+                }
+                // A fresh listing found more: signalled at the top of the loop.
+                continue;
             }
             tokio::select! {
                 ev = self.events.recv() => {
@@ -631,7 +640,7 @@ impl Runner {
                     if let Some(sig) = signal {
                         targets.refresh(sig);
                     }
-                    return main.is_none() && !targets.alive();
+                    return main.is_none() && targets.gone().await;
                 }
             }
         }
@@ -693,17 +702,28 @@ impl Targets {
     }
 
     /// Proc mode: adds to `known` the processes of the run now alive: the trees under the
-    /// known ones and under procwatch's children that share a session or group with the run.
-    fn rescan(&mut self) {
-        let Targets::Proc { known, ids, .. } = self else { return };
+    /// known ones and under procwatch's children that share a session or group with the run,
+    /// from a listing of them begun at or after `since` (`None`: a recent one will do, see
+    /// [`Children::list`]). `Err(when)` if that listing cannot be made before `when`.
+    fn rescan_since(&mut self, since: Option<Instant>) -> Result<(), Instant> {
+        let Targets::Proc { known, ids, .. } = self else {
+            return Ok(());
+        };
         let mut reader = procfs::Reader::default();
+        let mut candidates = Vec::new();
+        CHILDREN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .list(since, ids, &mut reader, &mut candidates)?;
         let mut roots: Vec<i32> = Vec::new();
         roots.extend(known.iter().filter(|&&(p, s)| reader.runs(p, s)).map(|&(p, _)| p));
-        let mut children = Vec::new();
-        procfs::own_children(&mut reader, &mut children);
-        for pid in children {
+        for (pid, start) in candidates {
+            // Read again: the same process as listed (not a reused PID), and still in one
+            // of the run's sessions or groups, as a fresh listing would have it.
             if let Some(st) = reader.stat(pid)
+                && st.starttime_ticks == start
                 && (ids.contains(&st.session) || ids.contains(&st.pgrp))
+                && !roots.contains(&pid)
             {
                 roots.push(pid);
             }
@@ -725,6 +745,32 @@ impl Targets {
             }
         }
         known.retain(|&(p, s)| reader.runs(p, s));
+        Ok(())
+    }
+
+    /// [`Targets::rescan_since`] from a recent listing: what it misses of processes
+    /// re-parented since, a later rescan finds, and [`Targets::gone`] makes sure of.
+    fn rescan(&mut self) {
+        let _ = self.rescan_since(None);
+    }
+
+    /// Whether nothing of the run is left. In proc mode: no process known or in the group
+    /// alive, and none of the run's sessions and groups among procwatch's children in a
+    /// listing begun after that was seen (every process re-parented to procwatch before it
+    /// is in that listing); waits for one if a listing was made too recently (a stop of many
+    /// programs at once shares the listings instead of each making its own).
+    async fn gone(&mut self) -> bool {
+        if self.alive() {
+            return false;
+        }
+        if !matches!(self, Targets::Proc { .. }) {
+            return true;
+        }
+        let seen = Instant::now();
+        while let Err(due) = self.rescan_since(Some(seen)) {
+            tokio::time::sleep_until(due.into()).await;
+        }
+        !self.alive()
     }
 
     /// Sends `signal` to every target not sent it yet (then SIGCONT: a stopped process
@@ -827,6 +873,78 @@ impl Targets {
             }
             _ => tokio::time::sleep(GROUP_RECHECK).await,
         }
+    }
+}
+
+/// procwatch's children (programs' main processes, and processes re-parented to procwatch as
+/// their subreaper) by session and by process group: one listing shared by every stop in
+/// proc mode. Each stop used to list and read them all at each rescan: with N programs
+/// stopping at once (shutdown, a reload that removes them), N² reads every GROUP_RECHECK.
+static CHILDREN: LazyLock<Mutex<Children>> = LazyLock::new(|| Mutex::new(Children::default()));
+
+#[derive(Default)]
+struct Children {
+    /// When the last listing began: every process re-parented to procwatch before then and
+    /// still alive is in it.
+    taken: Option<Instant>,
+    /// How long it took.
+    cost: Duration,
+    /// Session or process group ID -> (PID, start time) of the children in it.
+    by_id: HashMap<i32, Vec<(i32, u64)>>,
+}
+
+impl Children {
+    /// Appends to `out` the (PID, start time) of the children in any of `ids`, from a listing
+    /// begun at or after `since` (`None`: any listing at most GROUP_RECHECK old, or the last
+    /// if a new one is not due yet), made now if the last is older. A new listing is due
+    /// LISTING_SPACING times the cost of the last after it began: before that, a `since` the
+    /// last does not meet gets `Err(when it is due)`.
+    fn list(
+        &mut self,
+        since: Option<Instant>,
+        ids: &[i32],
+        reader: &mut procfs::Reader,
+        out: &mut Vec<(i32, u64)>,
+    ) -> Result<(), Instant> {
+        let now = Instant::now();
+        let fresh = match (self.taken, since) {
+            (None, _) => false,
+            (Some(taken), Some(since)) => taken >= since,
+            (Some(taken), None) => now.duration_since(taken) < GROUP_RECHECK.max(self.cost * LISTING_SPACING),
+        };
+        if !fresh {
+            if let Some(taken) = self.taken {
+                let due = taken + self.cost * LISTING_SPACING;
+                if due > now {
+                    return Err(due);
+                }
+            }
+            self.take(reader);
+        }
+        for id in ids {
+            if let Some(children) = self.by_id.get(id) {
+                out.extend_from_slice(children);
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, reader: &mut procfs::Reader) {
+        let taken = Instant::now();
+        let mut pids = Vec::new();
+        procfs::own_children(reader, &mut pids);
+        self.by_id.clear();
+        for pid in pids {
+            if let Some(st) = reader.stat(pid) {
+                let child = (pid, st.starttime_ticks);
+                self.by_id.entry(st.session).or_default().push(child);
+                if st.pgrp != st.session {
+                    self.by_id.entry(st.pgrp).or_default().push(child);
+                }
+            }
+        }
+        self.taken = Some(taken);
+        self.cost = taken.elapsed();
     }
 }
 
