@@ -1242,10 +1242,14 @@ fn start_all(quick: bool, only: &[usize], mode: &str) {
             (sum(&pw.get("/metrics"), "procwatch_process_up{") as usize == n).then_some(())
         });
         let up = t0.elapsed().as_secs_f64();
+        // Every program stops at once: SIGTERM to procwatch's exit.
+        let t = Instant::now();
         pw.stop();
+        let stopped = t.elapsed().as_secs_f64();
         println!(
             "start {n} programs (sleep){}: all exec'd {execd:.2} s, all up on /metrics {up:.2} s (from launching procwatch); \
-             floor (this bench spawning {n} itself) {floor_s:.2} s from 1 thread, {floor_par_s:.2} s from {threads}; load average {}",
+             floor (this bench spawning {n} itself) {floor_s:.2} s from 1 thread, {floor_par_s:.2} s from {threads}; \
+             then all stopped (SIGTERM to procwatch's exit) in {stopped:.2} s; load average {}",
             if mode.is_empty() { "" } else { ", proc mode" },
             load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
         );
