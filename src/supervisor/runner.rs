@@ -897,8 +897,8 @@ impl Children {
     /// Appends to `out` the (PID, start time) of the children in any of `ids`, from a listing
     /// begun at or after `since` (`None`: any listing at most GROUP_RECHECK old, or the last
     /// if a new one is not due yet), made now if the last is older. A new listing is due
-    /// LISTING_SPACING times the cost of the last after it began: before that, a `since` the
-    /// last does not meet gets `Err(when it is due)`.
+    /// LISTING_SPACING times the cost of the last after it began: more than a millisecond
+    /// before that, a `since` the last does not meet gets `Err(when it is due)`.
     fn list(
         &mut self,
         since: Option<Instant>,
@@ -913,9 +913,11 @@ impl Children {
             (Some(taken), None) => now.duration_since(taken) < GROUP_RECHECK.max(self.cost * LISTING_SPACING),
         };
         if !fresh {
+            // A wait shorter than a timer tick (a millisecond, as tokio's timers go) would
+            // cost more than the listing: a small one is made at once.
             if let Some(taken) = self.taken {
                 let due = taken + self.cost * LISTING_SPACING;
-                if due > now {
+                if due > now + Duration::from_millis(1) {
                     return Err(due);
                 }
             }
