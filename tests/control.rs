@@ -113,8 +113,20 @@ fn ctl_restart_stop_start_signal_over_the_socket() {
 
 #[test]
 fn ctl_logs_shows_the_last_lines_and_what_came_after() {
-    let cfg = "status_interval: 0\nprocesses:\n  - name: talk\n    command: [sh, -c, 'for i in 1 2 3 4 5; do echo line-$i; done; echo oops >&2; sleep 600']\n";
-    let pw = Procwatch::start(cfg, &[]);
+    // stdout and stderr are two pipes, read as they come: the stderr line is written only
+    // once the five stdout lines are captured, so that the order of the six is known.
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let cfg = format!(
+        "status_interval: 0\nprocesses:\n  - name: talk\n    command: [sh, -c, 'for i in 1 2 3 4 5; do echo line-$i; done; while [ ! -e {go} ]; do sleep 0.01; done; echo oops >&2; sleep 600']\n",
+        go = go.display()
+    );
+    let pw = Procwatch::start(&cfg, &[]);
+    wait_for(T, "five stdout lines captured", || {
+        let (code, out, _) = pw.ctl(&["logs", "talk", "-n", "100"]);
+        (code == 0 && out.lines().count() == 5).then_some(())
+    });
+    std::fs::write(&go, "").unwrap();
     let out = wait_for(T, "six lines captured", || {
         let (code, out, _) = pw.ctl(&["logs", "talk", "-n", "100"]);
         (code == 0 && out.lines().count() == 6).then_some(out)
