@@ -418,27 +418,32 @@ fn a_waiting_dependent_restarted_by_a_reload_starts_once() {
 #[test]
 fn shutdown_stops_dependents_before_their_dependencies() {
     let m = marker("shutdown-order");
-    // Each program logs when it gets SIGTERM; app takes 700 ms to stop.
+    // Each program logs when it gets SIGTERM; app takes 700 ms to stop. The trap forks
+    // nothing (bash's $EPOCHREALTIME, and a read that times out on a FIFO nobody writes):
+    // a stop signals every member of the program, and a `date` or `sleep` the trap forked
+    // while the stop still looks for new members gets the SIGTERM too.
     let on_term = |tag: &str, delay: &str| {
         // `\$`: the time is taken when the trap runs, not when it is set.
-        format!("trap \"echo {tag} \\$(date +%s.%N) >> log; sleep {delay}; exit 0\" TERM; while :; do sleep 0.1; done")
+        format!(
+            "mkfifo {tag}.fifo; exec 3<>{tag}.fifo; trap \"echo {tag} \\$EPOCHREALTIME >> log; read -t {delay} -u 3; exit 0\" TERM; while :; do sleep 0.1; done"
+        )
     };
     let mut pw = Procwatch::start_marked(
         &format!(
             "shutdown_timeout: 20s
 processes:
   - name: db
-    command: [sh, -c, '{}']
+    command: [bash, -c, '{}']
   - name: app
-    command: [sh, -c, '{}']
+    command: [bash, -c, '{}']
     depends_on: {{db: started, cache: started}}
   - name: cache
-    command: [sh, -c, '{}']
+    command: [bash, -c, '{}']
     depends_on: {{db: started}}
 ",
-            on_term("db", "0"),
+            on_term("db", "0.001"),
             on_term("app", "0.7"),
-            on_term("cache", "0")
+            on_term("cache", "0.001")
         ),
         &[],
         &m,
