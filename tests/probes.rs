@@ -425,7 +425,7 @@ fn shutdown_stops_dependents_before_their_dependencies() {
     let on_term = |tag: &str, delay: &str| {
         // `\$`: the time is taken when the trap runs, not when it is set.
         format!(
-            "mkfifo {tag}.fifo; exec 3<>{tag}.fifo; trap \"echo {tag} \\$EPOCHREALTIME >> log; read -t {delay} -u 3; exit 0\" TERM; while :; do sleep 0.1; done"
+            "mkfifo {tag}.fifo; exec 3<>{tag}.fifo; trap \"echo {tag} \\$EPOCHREALTIME >> log; read -t {delay} -u 3; exit 0\" TERM; : > {tag}.ready; while :; do sleep 0.1; done"
         )
     };
     let mut pw = Procwatch::start_marked(
@@ -448,10 +448,12 @@ processes:
         &[],
         &m,
     );
-    pw.wait_scrape(T, "all to run", |s| {
+    // Up is not yet trapping: a TERM before the trap is set kills bash without a line.
+    wait_for(T, "all three traps to be set", || {
         ["db", "app", "cache"]
             .iter()
-            .all(|n| s.prog("procwatch_process_up", n) == Some(1.0))
+            .all(|n| pw.path(&format!("{n}.ready")).exists())
+            .then_some(())
     });
     assert!(pw.stop().success());
     let log = pw.path("log");
