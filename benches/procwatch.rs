@@ -748,7 +748,7 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     let scrape_cpu = (pw.cpu(clk) - cpu0) / rounds as u32;
     lat.sort();
 
-    let kept = KeptFloor::open(&pids, &mains, &reads);
+    let mut kept = KeptFloor::open(&pids, &mains, &reads);
     let kept_files = (
         kept.files.len() + kept.dirs.len(),
         kept.unkept.len() + kept.unkept_dirs.len() + kept.unkept_cgroup.len(),
@@ -758,7 +758,7 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     let (orc_floor, _) = cpu_per(rounds as u32, || floor_pass(&pids, &mains, &reads) as usize);
     if let Some(pe_cpu) = peer {
         // What 50x less than process-exporter would take, against procwatch's own reads.
-        let stat_only = KeptFloor::open(&pids, &[], &Reads::stat_only());
+        let mut stat_only = KeptFloor::open(&pids, &[], &Reads::stat_only());
         let (stat_floor, _) = cpu_per(rounds as u32, || stat_only.pass() as usize);
         drop(stat_only);
         println!(
@@ -813,12 +813,32 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
 
 /// The files procwatch reads per process with every group on: stat, status, io, the fd
 /// directory's size, for main processes limits, and in proc mode the main thread's children.
+/// Where the kernel answers taskstats, context switches come from there and status is read
+/// only while a swap area is in use ([`STAT_IO`]).
 const FILES: [&str; 3] = ["stat", "status", "io"];
+const STAT_IO: [&str; 2] = ["stat", "io"];
+
+/// Which per-process files procwatch reads with every group on here, and whether it asks
+/// taskstats for each process's context switches (as procwatch decides: see `procfs::Want`).
+fn process_reads() -> (&'static [&'static str], bool) {
+    let taskstats = procwatch::procfs::taskstats::Taskstats::open().is_ok();
+    let swap =
+        std::fs::read_to_string("/proc/swaps").map_or(true, |t| t.lines().filter(|l| !l.is_empty()).nth(1).is_some());
+    match (taskstats, swap) {
+        (true, false) => (&STAT_IO, true),
+        (true, true) => (&FILES, true),
+        (false, _) => (&FILES, false),
+    }
+}
 
 /// What procwatch reads beyond each process's own files, by tracking mode.
 struct Reads {
-    /// Each process's files: [`FILES`], or `stat` alone.
+    /// Each process's files: those of [`process_reads`], or `stat` alone.
     files: &'static [&'static str],
+    /// Whether each process's context switches are asked of taskstats, and each main
+    /// process's limit through prlimit(2) (every group on), or neither (`stat` alone).
+    all: bool,
+    taskstats: bool,
     /// Proc mode: `task/PID/children` of each process (the tree walk).
     children: bool,
     /// cgroup mode: the files of each program's cgroup that exist (cgroup.procs, cpu.stat,
@@ -828,9 +848,12 @@ struct Reads {
 
 impl Reads {
     fn of(body: &str, mains: &[i32]) -> Reads {
+        let (files, taskstats) = process_reads();
         if !body.contains("procwatch_tracking_info{mode=\"cgroup\"}") {
             return Reads {
-                files: &FILES,
+                files,
+                all: true,
+                taskstats,
                 children: true,
                 cgroup_files: Vec::new(),
             };
@@ -862,7 +885,9 @@ impl Reads {
             }
         }
         Reads {
-            files: &FILES,
+            files,
+            all: true,
+            taskstats,
             children: false,
             cgroup_files,
         }
@@ -872,6 +897,8 @@ impl Reads {
     fn stat_only() -> Reads {
         Reads {
             files: &["stat"],
+            all: false,
+            taskstats: false,
             children: false,
             cgroup_files: Vec::new(),
         }
@@ -895,7 +922,7 @@ impl Reads {
     /// Each main process's open-files limit, as procwatch asks it (prlimit(2)), when
     /// `self.files` is procwatch's whole set.
     fn limits(&self, mains: &[i32]) -> u64 {
-        if self.files.len() < FILES.len() {
+        if !self.all {
             return 0;
         }
         Reads::limits_of(mains)
@@ -925,6 +952,8 @@ struct KeptFloor {
     dirs: Vec<std::fs::File>,
     /// Main processes whose limit is asked.
     limited: Vec<i32>,
+    /// Where procwatch asks taskstats for context switches: the socket, and every process.
+    taskstats: Option<(procwatch::procfs::taskstats::Taskstats, Vec<i32>)>,
     /// What did not fit in this process's open-files limit: opened, read and closed at each
     /// pass, as procwatch does past its fd budget.
     unkept: Vec<PathBuf>,
@@ -938,11 +967,10 @@ struct KeptFloor {
 
 impl KeptFloor {
     fn open(pids: &[i32], mains: &[i32], reads: &Reads) -> KeptFloor {
-        let limited = if reads.files.len() == FILES.len() {
-            mains.to_vec()
-        } else {
-            Vec::new()
-        };
+        let limited = if reads.all { mains.to_vec() } else { Vec::new() };
+        let taskstats = reads
+            .taskstats
+            .then(|| (procwatch::procfs::taskstats::Taskstats::open().unwrap(), pids.to_vec()));
         // The cgroups' directories first (procwatch holds them whatever its budget), then
         // keeps what the limit (less 1024, as procwatch leaves) allows.
         let mut cgroup_dirs = Vec::new();
@@ -981,6 +1009,7 @@ impl KeptFloor {
             None => true,
         });
         KeptFloor {
+            taskstats,
             cgroup_dirs,
             unkept_cgroup,
             files,
@@ -991,10 +1020,15 @@ impl KeptFloor {
         }
     }
 
-    fn pass(&self) -> u64 {
+    fn pass(&mut self) -> u64 {
         use std::os::unix::fs::FileExt;
         let mut buf = vec![0u8; 4096];
         let mut acc = 0u64;
+        if let Some((ts, pids)) = &mut self.taskstats {
+            for &pid in pids.iter() {
+                acc += ts.switches(pid).map_or(0, |s| s.voluntary & 1);
+            }
+        }
         for f in &self.files {
             acc += f.read_at(&mut buf, 0).unwrap_or(0) as u64;
         }
@@ -1037,6 +1071,13 @@ fn floor_pass(pids: &[i32], mains: &[i32], reads: &Reads) -> u64 {
     }
     for &pid in pids {
         acc += std::fs::metadata(format!("/proc/{pid}/fd")).map_or(0, |m| m.len());
+    }
+    if reads.taskstats
+        && let Ok(mut ts) = procwatch::procfs::taskstats::Taskstats::open()
+    {
+        for &pid in pids {
+            acc += ts.switches(pid).map_or(0, |s| s.voluntary & 1);
+        }
     }
     acc + reads.limits(mains)
 }

@@ -188,7 +188,8 @@ impl Scratch {
 /// The per-process files the groups in `groups` need beyond stat.
 fn want(groups: Groups) -> procfs::Want {
     procfs::Want {
-        status: groups.on(Group::Ctxswitch) || groups.on(Group::Memory),
+        ctxswitch: groups.on(Group::Ctxswitch),
+        swap: groups.on(Group::Memory) && procfs::sys().has_swap,
         io: groups.on(Group::Io) && procfs::sys().has_io,
     }
 }

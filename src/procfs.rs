@@ -9,6 +9,8 @@ use std::io::Read;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+pub mod taskstats;
+
 /// Per-host constants, read once.
 #[derive(Debug, Clone, Copy)]
 pub struct Sys {
@@ -233,11 +235,14 @@ pub fn parse_max_fds(text: &[u8]) -> Option<u64> {
     }
 }
 
-/// Which per-process files a pass reads beyond `stat`, the children and the fd count.
+/// What a pass reads of each process beyond `stat`, the children and the fd count.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Want {
-    /// /proc/PID/status: context switches and swap.
-    pub status: bool,
+    /// Context switches of every thread: taskstats where the kernel answers procwatch, else
+    /// /proc/PID/status and each other thread's task/TID/status.
+    pub ctxswitch: bool,
+    /// Swapped-out memory (/proc/PID/status `VmSwap`), read while a swap area is in use.
+    pub swap: bool,
     /// /proc/PID/io.
     pub io: bool,
 }
@@ -337,6 +342,11 @@ pub struct Reader {
     buf: Vec<u8>,
     keep: Option<KeptFiles>,
     want: Want,
+    /// The source of context switches where the kernel answers (see [`taskstats`]).
+    taskstats: Option<taskstats::Taskstats>,
+    /// Whether a swap area is in use (/proc/swaps, read at each pass): with none, no process
+    /// has swapped-out memory, and `status` is not read for it.
+    swap_in_use: bool,
 }
 
 /// fds procwatch leaves for everything but kept /proc files (sockets, pipes, programs' output,
@@ -348,6 +358,17 @@ impl Reader {
     /// [`Reader::begin_pass`] and [`Reader::end_pass`] around each pass.
     pub fn keeping(want: Want) -> Reader {
         set_keep_limit();
+        let taskstats = if want.ctxswitch {
+            match taskstats::Taskstats::open() {
+                Ok(ts) => Some(ts),
+                Err(e) => {
+                    tracing::info!(reason = %e, "context switches are read from /proc/PID/task/TID/status, one read per thread; threads that exited are not counted");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         Reader {
             keep: Some(KeptFiles {
                 procs: HashMap::new(),
@@ -355,7 +376,18 @@ impl Reader {
                 open: 0,
             }),
             want,
+            taskstats,
+            swap_in_use: want.swap,
             ..Reader::default()
+        }
+    }
+
+    /// Where context switches come from: `taskstats` or `status`.
+    pub fn ctxswitch_source(&self) -> &'static str {
+        if self.taskstats.is_some() {
+            "taskstats"
+        } else {
+            "status"
         }
     }
 
@@ -372,6 +404,9 @@ impl Reader {
         if let Some(k) = &mut self.keep {
             k.pass += 1;
             set_keep_limit();
+        }
+        if self.want.swap {
+            self.swap_in_use = swap_in_use(&mut self.buf);
         }
     }
 
@@ -522,6 +557,15 @@ impl Reader {
             }
         }
     }
+}
+
+/// Whether /proc/swaps lists a swap area (a line beyond its header). Where the file cannot be
+/// read, `true`: swap is then read from each process's status as before.
+fn swap_in_use(buf: &mut Vec<u8>) -> bool {
+    if read_into("/proc/swaps", buf).is_none() {
+        return true;
+    }
+    buf.split(|&b| b == b'\n').filter(|l| !l.is_empty()).nth(1).is_some()
 }
 
 /// Reads a small /proc file into `buf` (cleared first). `None` if it vanished or is unreadable.
@@ -737,12 +781,6 @@ impl TreeUsage {
         self.counters.major_faults += st.majflt + st.cmajflt;
     }
 
-    fn add_status(&mut self, s: &Status) {
-        self.counters.voluntary_ctxt_switches += s.voluntary_ctxt_switches;
-        self.counters.nonvoluntary_ctxt_switches += s.nonvoluntary_ctxt_switches;
-        self.swap_bytes += s.swap_bytes;
-    }
-
     fn add_io(&mut self, io: &Io) {
         self.counters.read_bytes += io.read_bytes;
         self.counters.write_bytes += io.write_bytes;
@@ -811,12 +849,22 @@ impl Reader {
     fn add(&mut self, st: &Stat, usage: &mut TreeUsage, io: bool) {
         let fds = self.open_fds(st.pid).unwrap_or(0);
         usage.add(st, fds, sys().page_size);
-        if self.want.status
+        let taskstats = self.taskstats.as_mut().filter(|_| self.want.ctxswitch);
+        let status_switches = self.want.ctxswitch && taskstats.is_none();
+        if let Some(s) = taskstats.and_then(|ts| ts.switches(st.pid)) {
+            usage.counters.voluntary_ctxt_switches += s.voluntary;
+            usage.counters.nonvoluntary_ctxt_switches += s.involuntary;
+        }
+        if (status_switches || (self.want.swap && self.swap_in_use))
             && let Some(s) = self.status(st.pid)
         {
-            usage.add_status(&s);
-            if st.num_threads > 1 {
-                self.other_threads_switches(st.pid, usage);
+            usage.swap_bytes += s.swap_bytes;
+            if status_switches {
+                usage.counters.voluntary_ctxt_switches += s.voluntary_ctxt_switches;
+                usage.counters.nonvoluntary_ctxt_switches += s.nonvoluntary_ctxt_switches;
+                if st.num_threads > 1 {
+                    self.other_threads_switches(st.pid, usage);
+                }
             }
         }
         if io
@@ -827,12 +875,13 @@ impl Reader {
         }
     }
 
-    /// Adds the context switches of `pid`'s threads other than its main one. The counts of
-    /// /proc/PID/status are the main thread's alone (fs/proc/array.c prints the task's own
-    /// `nvcsw`/`nivcsw`); each thread's are in its task/TID/status. Threads come and go, so
-    /// their files are opened at each read, not kept. A thread that has exited is no longer
-    /// counted (the kernel keeps its switches only for getrusage(2) of the process itself,
-    /// and for wait4(2) once the process is reaped: procwatch adds those of its own children).
+    /// Adds the context switches of `pid`'s threads other than its main one, where taskstats
+    /// is not to be had. The counts of /proc/PID/status are the main thread's alone
+    /// (fs/proc/array.c prints the task's own `nvcsw`/`nivcsw`); each thread's are in its
+    /// task/TID/status. Threads come and go, so their files are opened at each read, not kept.
+    /// A thread that has exited is no longer counted (the kernel keeps its switches for
+    /// taskstats, for getrusage(2) of the process itself, and for wait4(2) once the process is
+    /// reaped: procwatch adds those of its own children).
     fn other_threads_switches(&mut self, pid: i32, usage: &mut TreeUsage) {
         use std::fmt::Write;
         let Reader { path, buf, .. } = self;
@@ -1137,7 +1186,10 @@ mod tests {
     fn kept_files_belong_to_their_process_and_close_when_it_is_gone() {
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         let pid = child.id() as i32;
-        let mut r = Reader::keeping(Want { status: true, io: true });
+        let mut r = Reader::keeping(Want {
+            io: true,
+            ..Want::default()
+        });
         r.begin_pass();
         let first = r.stat(pid).unwrap();
         assert!(r.status(pid).is_some());
@@ -1166,31 +1218,95 @@ mod tests {
         assert_eq!(r.kept_fds(), 0, "its files are closed");
     }
 
+    /// This process's voluntary context switches as `r` sums them.
+    fn own_switches(r: &mut Reader) -> u64 {
+        let mut usage = TreeUsage::default();
+        r.begin_pass();
+        r.add_member(std::process::id() as i32, &mut usage, false).unwrap();
+        r.end_pass();
+        usage.counters.voluntary_ctxt_switches
+    }
+
+    fn ctxswitch_reader(taskstats: bool) -> Reader {
+        let mut r = Reader::keeping(Want {
+            ctxswitch: true,
+            ..Want::default()
+        });
+        if !taskstats {
+            r.taskstats = None;
+        }
+        r
+    }
+
     #[test]
-    fn context_switches_are_summed_over_every_thread() {
+    fn context_switches_are_summed_over_every_thread_from_either_source() {
         // This test runs on a thread of its own, not the main one, which sleeps meanwhile:
         // switches made here show only in this thread's task/TID/status.
-        let me = std::process::id() as i32;
-        let mut r = Reader::keeping(Want {
-            status: true,
-            io: false,
-        });
-        let switches = |r: &mut Reader| {
-            let mut usage = TreeUsage::default();
-            r.begin_pass();
-            r.add_member(me, &mut usage, false).unwrap();
-            r.end_pass();
-            usage.counters.voluntary_ctxt_switches
-        };
-        let before = switches(&mut r);
-        for _ in 0..500 {
-            std::thread::sleep(std::time::Duration::from_micros(50));
+        for taskstats in [false, true] {
+            let mut r = ctxswitch_reader(taskstats);
+            if taskstats && r.ctxswitch_source() != "taskstats" {
+                eprintln!("!!! SKIPPED the taskstats half: the kernel does not answer this process (not root?)");
+                continue;
+            }
+            let before = own_switches(&mut r);
+            for _ in 0..500 {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+            let after = own_switches(&mut r);
+            assert!(
+                after >= before + 500,
+                "{}: 500 sleeps on a non-main thread: {before} -> {after}",
+                r.ctxswitch_source()
+            );
         }
-        let after = switches(&mut r);
+    }
+
+    #[test]
+    fn context_switches_of_threads_that_exited_still_count_through_taskstats() {
+        let mut r = ctxswitch_reader(true);
+        if r.ctxswitch_source() != "taskstats" {
+            eprintln!("!!! SKIPPED: the kernel does not answer taskstats to this process (not root?)");
+            return;
+        }
+        let before = own_switches(&mut r);
+        std::thread::spawn(|| {
+            for _ in 0..500 {
+                std::thread::sleep(std::time::Duration::from_micros(50));
+            }
+        })
+        .join()
+        .unwrap();
+        let after = own_switches(&mut r);
         assert!(
             after >= before + 500,
-            "500 sleeps on a non-main thread: {before} -> {after}"
+            "a thread that slept 500 times and exited: {before} -> {after}"
         );
+    }
+
+    #[test]
+    fn with_taskstats_and_no_swap_in_use_status_is_not_read() {
+        let mut r = Reader::keeping(Want {
+            ctxswitch: true,
+            swap: true,
+            io: false,
+        });
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let pid = child.id() as i32;
+        r.begin_pass();
+        let mut usage = TreeUsage::default();
+        r.add_member(pid, &mut usage, false).unwrap();
+        r.end_pass();
+        let kept = r.kept_fds();
+        let (source, swap) = (r.ctxswitch_source(), r.swap_in_use);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        if source != "taskstats" || swap {
+            eprintln!("!!! SKIPPED: context switches from {source}, swap in use: {swap}; status is read");
+            assert_eq!(kept, 3, "stat, fd dir, status");
+            return;
+        }
+        assert_eq!(kept, 2, "stat and the fd dir only");
+        assert!(usage.counters.voluntary_ctxt_switches >= 1, "{usage:?}");
     }
 
     #[test]

@@ -115,6 +115,36 @@ fn a_program_that_died_keeps_its_counters() {
 }
 
 #[test]
+fn context_switches_of_threads_that_exited_count_while_their_process_lives() {
+    if let Err(e) = procwatch::procfs::taskstats::Taskstats::open() {
+        eprintln!("!!! SKIPPED: {e}; procwatch then reads task/TID/status, where a thread's switches go with it");
+        return;
+    }
+    let m = marker("threads");
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    // Four threads sleep 300 times each (a voluntary switch per sleep), then exit; the
+    // process lives on, its main thread asleep.
+    let script = format!(
+        "import threading, time; f = lambda: [time.sleep(0.0005) for _ in range(300)]; ts = [threading.Thread(target=f) for _ in range(4)]; [t.start() for t in ts]; [t.join() for t in ts]; open(\"{}\", \"w\").close(); time.sleep(600)",
+        done.display()
+    );
+    let yaml = format!("status_interval: 0\nprocesses:\n  - name: threads\n    command: [python3, -c, '{script}']\n");
+    let pw = Procwatch::start_marked(&yaml, &[], &m);
+    util::wait_for(T, "the threads to be done", || done.exists().then_some(()));
+    let s = pw.wait_scrape(T, "one thread left", |s| {
+        s.prog("procwatch_process_threads", "threads") == Some(1.0)
+    });
+    let switches = s
+        .get(
+            "procwatch_process_context_switches_total",
+            &[("name", "threads"), ("type", "voluntary")],
+        )
+        .unwrap();
+    assert!(switches >= 1200.0, "4 exited threads slept 1200 times: {switches}");
+}
+
+#[test]
 fn max_fds_is_the_limit_the_program_set() {
     let pw = Procwatch::start(
         "processes:\n  - name: limited\n    command: [sh, -c, 'ulimit -S -n 1234; exec sleep 600']\n",
