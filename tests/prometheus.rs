@@ -253,6 +253,23 @@ fn the_systemd_unit_delegates_its_cgroup() {
     );
 }
 
+/// The unit's socket families include netlink: without it taskstats (context switches of
+/// every thread, exited ones included) is refused and procwatch reads task/TID/status.
+#[test]
+fn the_systemd_unit_lets_procwatch_ask_taskstats() {
+    let unit = std::fs::read_to_string(repo("deploy/systemd/procwatch.service")).unwrap();
+    let keys = unit_keys(&unit);
+    let families: Vec<&str> = keys
+        .iter()
+        .filter(|(k, _)| *k == "RestrictAddressFamilies")
+        .flat_map(|(_, v)| v.split_whitespace())
+        .collect();
+    assert!(
+        families.is_empty() || families.contains(&"AF_NETLINK"),
+        "RestrictAddressFamilies={families:?} refuses taskstats' netlink socket"
+    );
+}
+
 #[test]
 fn the_systemd_unit_verifies() {
     let Some(analyze) = which("systemd-analyze") else {
