@@ -83,21 +83,6 @@ impl Taskstats {
         }
         // SAFETY: just opened, owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // An answer the kernel never sends must not stall a scrape: give up on it after 1 s.
-        let timeout = libc::timeval { tv_sec: 1, tv_usec: 0 };
-        // SAFETY: a valid fd and option value of the size given.
-        let set = unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const timeout).cast(),
-                size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if set != 0 {
-            return Err(Error::Socket(io::Error::last_os_error()));
-        }
         let mut ts = Taskstats {
             fd,
             family: 0,
@@ -123,8 +108,7 @@ impl Taskstats {
         }
     }
 
-    /// The context switches of the thread group `tgid`; `None` if it is gone (or the kernel
-    /// did not answer within a second).
+    /// The context switches of the thread group `tgid`; `None` if it is gone.
     pub fn switches(&mut self, tgid: i32) -> Option<Switches> {
         self.ask(tgid).ok().flatten()
     }
@@ -153,8 +137,11 @@ impl Taskstats {
             .map(|(voluntary, involuntary)| Switches { voluntary, involuntary }))
     }
 
-    /// Sends one request carrying one attribute and returns the attributes of its answer. An
-    /// answer to an earlier request that timed out is skipped by its sequence number.
+    /// Sends one request carrying one attribute and returns the attributes of its answer.
+    /// Generic netlink handles a request within sendto(2): its answer (or error) is queued
+    /// before the call returns, so it is received without waiting, and a missing answer is an
+    /// error at once, never a stalled scrape. Anything else queued is skipped by its sequence
+    /// number.
     fn request(&mut self, family: u16, cmd: u8, attr: u16, value: &[u8]) -> io::Result<&[u8]> {
         self.seq = self.seq.wrapping_add(1);
         let attr_len = NLA_HDRLEN + value.len();
@@ -190,7 +177,14 @@ impl Taskstats {
         }
         loop {
             // SAFETY: recv writes at most `buf.len()` bytes into the buffer.
-            let n = unsafe { libc::recv(self.fd.as_raw_fd(), self.buf.as_mut_ptr().cast(), self.buf.len(), 0) };
+            let n = unsafe {
+                libc::recv(
+                    self.fd.as_raw_fd(),
+                    self.buf.as_mut_ptr().cast(),
+                    self.buf.len(),
+                    libc::MSG_DONTWAIT,
+                )
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
