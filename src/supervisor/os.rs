@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::Program;
 use super::guardian;
-use super::spawn::{Prepared, SpawnArgs, Spawner};
+use super::spawn::{OwnEnv, Prepared, SpawnArgs, Spawner};
 use crate::cgroup::{ProgramCgroup, Tracking};
 use crate::config::ProgramConfig;
 use crate::procfs;
@@ -88,6 +88,8 @@ pub(crate) struct Os {
     /// Bumped after each spawn, so that a reaper with no children knows when to look again.
     spawned: (Mutex<u64>, Condvar),
     tracking: Tracking,
+    /// procwatch's environment, which programs inherit, captured once.
+    own_env: Arc<OwnEnv>,
 }
 
 /// The most spawner threads procwatch runs.
@@ -123,6 +125,7 @@ impl Os {
             spawn_tx,
             spawned: (Mutex::new(0), Condvar::new()),
             tracking,
+            own_env: Arc::new(OwnEnv::capture()),
         });
         let devnull = Arc::new(std::fs::File::open("/dev/null")?);
         // The spawner threads take jobs from one queue: whichever is free takes the next.
@@ -200,6 +203,7 @@ impl Os {
                             stderr: stdio.stderr.as_ref().map(|f| f.as_raw_fd()),
                             stdin: devnull,
                             identity: &config.identity,
+                            own_env: &self.own_env,
                         };
                         Prepared::new(&args).and_then(|prepared| {
                             self.cloning(
