@@ -1264,6 +1264,7 @@ fn start_all(quick: bool, only: &[usize], mode: &str) {
         }
         let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
         let t0 = Instant::now();
+        let launched = unix_now();
         let pw = Pw::start(&format!("{mode}{}", programs_yaml(n)), &[]);
         let mut kids = Vec::new();
         wait(Duration::from_secs(600), || {
@@ -1279,16 +1280,25 @@ fn start_all(quick: bool, only: &[usize], mode: &str) {
             (kids.len() >= n).then_some(())
         });
         let execd = t0.elapsed().as_secs_f64();
-        wait(Duration::from_secs(600), || {
-            (sum(&pw.get("/metrics"), "procwatch_process_up{") as usize == n).then_some(())
+        // The scrape that sees all up, how long it took, and when procwatch itself had
+        // published each run (its start time, taken once the program has exec'd): what of
+        // "exec'd -> up" is procwatch's publication and what is the scrape's own latency.
+        let (body, scrape) = wait(Duration::from_secs(600), || {
+            let t = Instant::now();
+            let body = pw.get("/metrics");
+            (sum(&body, "procwatch_process_up{") as usize == n).then(|| (body, t.elapsed().as_secs_f64()))
         });
         let up = t0.elapsed().as_secs_f64();
+        let starts: Vec<f64> = samples(&body, "procwatch_process_start_time_seconds{").collect();
+        let first = starts.iter().copied().fold(f64::INFINITY, f64::min) - launched;
+        let last = starts.iter().copied().fold(0.0, f64::max) - launched;
         // Every program stops at once: SIGTERM to procwatch's exit.
         let t = Instant::now();
         pw.stop();
         let stopped = t.elapsed().as_secs_f64();
         println!(
             "start {n} programs (sleep){}: all exec'd {execd:.2} s, all up on /metrics {up:.2} s (from launching procwatch); \
+             procwatch published the first run at {first:.2} s and the last at {last:.2} s, and the scrape that saw them all took {scrape:.2} s; \
              floor (this bench spawning {n} itself) {floor_s:.2} s from 1 thread, {floor_par_s:.2} s from {threads}; \
              then all stopped (SIGTERM to procwatch's exit) in {stopped:.2} s; load average {}",
             if mode.is_empty() { "" } else { ", proc mode" },
