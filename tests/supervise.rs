@@ -262,6 +262,49 @@ fn cwd_and_env_are_applied() {
     assert_eq!(text.trim(), format!("{} hello", dir.path().display()));
 }
 
+/// Programs inherit procwatch's environment; a variable a program sets replaces procwatch's
+/// (once, with the program's value) for that program only; a program's own PATH is where its
+/// command is looked for. (The spawner builds procwatch's part of the environment once.)
+#[test]
+fn programs_inherit_procwatch_s_environment_and_their_env_replaces_it() {
+    use std::os::unix::fs::PermissionsExt;
+    let m = marker("inherit");
+    let bin = tempfile::tempdir().unwrap();
+    let tool = bin.path().join("pw-env-tool");
+    std::fs::write(&tool, "#!/bin/sh\nenv > \"$1\"\nexec sleep 600\n").unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let path = format!("{}:/usr/bin:/bin", bin.path().display());
+    let yaml = format!(
+        "processes:\n  - name: own\n    command: [pw-env-tool, {0}/own.txt]\n    env: {{PW_TEST_REPLACED: program, PATH: '{path}'}}\n  - name: plain\n    command: [sh, -c, 'env > {0}/plain.txt; exec sleep 600']\n",
+        out.path().display()
+    );
+    let (dir, config) = util::config_dir(&yaml);
+    let args = ["--config", config.to_str().unwrap()];
+    let _pw = Procwatch::start_with(dir, config.clone(), &args, &m, |cmd| {
+        cmd.env("PW_TEST_KEPT", "kept").env("PW_TEST_REPLACED", "procwatch");
+    });
+    let read = |name: &str| {
+        let file = out.path().join(name);
+        wait_for(T, &format!("the program to write {name}"), || {
+            std::fs::read_to_string(&file).ok().filter(|t| t.contains("PW_TEST_KEPT="))
+        })
+    };
+    let vars = |text: &str, key: &str| -> Vec<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_owned))
+            .collect()
+    };
+    let own = read("own.txt");
+    assert_eq!(vars(&own, "PW_TEST_KEPT"), ["kept"], "{own}");
+    assert_eq!(vars(&own, "PW_TEST_REPLACED"), ["program"], "{own}");
+    assert_eq!(vars(&own, "PATH"), [path.as_str()], "{own}");
+    let plain = read("plain.txt");
+    assert_eq!(vars(&plain, "PW_TEST_KEPT"), ["kept"], "{plain}");
+    assert_eq!(vars(&plain, "PW_TEST_REPLACED"), ["procwatch"], "{plain}");
+    assert_eq!(vars(&plain, "PATH"), [std::env::var("PATH").unwrap()], "{plain}");
+}
+
 #[test]
 fn programs_run_in_their_own_process_group() {
     let m = marker("pgrp");
