@@ -737,28 +737,28 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
         parsers(&pids, &mains, quick);
         peer = process_exporter(&pw, &pids, rounds.min(20), clk);
     }
-    let cpu0 = pw.cpu(clk);
-    let mut lat = Vec::with_capacity(rounds);
-    for _ in 0..rounds {
-        let t = Instant::now();
-        let b = pw.get("/metrics");
-        lat.push(t.elapsed());
-        assert!(b.len() > 100);
-    }
-    let scrape_cpu = (pw.cpu(clk) - cpu0) / rounds as u32;
-    lat.sort();
-
-    let mut kept = KeptFloor::open(&pids, &mains, &reads);
+    // What procwatch keeps open of these files now: past its budget it opens the rest.
+    let pw_kept = kept_by(pw.supervisor);
+    let mut kept = KeptFloor::open(&pids, &mains, &reads, None);
     let kept_files = (
         kept.files.len() + kept.dirs.len(),
         kept.unkept.len() + kept.unkept_dirs.len() + kept.unkept_cgroup.len(),
     );
-    let (floor, _) = cpu_per(rounds as u32, || kept.pass() as usize);
+    // Scrapes and floor passes take turns, so that both meet the same load on a shared machine.
+    let (scrape_cpu, floor, mut lat) = scrapes_beside(&pw, &mut kept, rounds, clk);
     drop(kept);
+    lat.sort();
+    // Where procwatch's other fds (two pipes a program for its output) leave it fewer files
+    // to keep than the floor's own budget does, the floor again with procwatch's budget.
+    let same_budget = (pw_kept < kept_files.0).then(|| {
+        let mut kept = KeptFloor::open(&pids, &mains, &reads, Some(pw_kept));
+        let (scrape_cpu, floor, _) = scrapes_beside(&pw, &mut kept, rounds, clk);
+        (scrape_cpu, floor)
+    });
     let (orc_floor, _) = cpu_per(rounds as u32, || floor_pass(&pids, &mains, &reads) as usize);
     if let Some(pe_cpu) = peer {
         // What 50x less than process-exporter would take, against procwatch's own reads.
-        let mut stat_only = KeptFloor::open(&pids, &[], &Reads::stat_only());
+        let mut stat_only = KeptFloor::open(&pids, &[], &Reads::stat_only(), None);
         let (stat_floor, _) = cpu_per(rounds as u32, || stat_only.pass() as usize);
         drop(stat_only);
         println!(
@@ -792,9 +792,18 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
         .and_then(|l| l.split_whitespace().next())
         .unwrap_or("?");
     println!(
-        "{label}: procwatch holds {fds} fds (soft limit {nofile}); the floor keeps {} files and fd directories open and opens {} at each pass (past its own limit less 1024)",
+        "{label}: procwatch holds {fds} fds (soft limit {nofile}) and keeps {pw_kept} of these files and fd directories open; \
+         the floor keeps {} and opens {} at each pass (past its own limit less 1024)",
         kept_files.0, kept_files.1
     );
+    if let Some((scrape_cpu, same)) = same_budget {
+        println!(
+            "{label}: beside the floor keeping only as many as procwatch ({pw_kept}): procwatch {:.3} ms, floor {:.3} ms, ratio {:.2}",
+            ms(scrape_cpu),
+            ms(same),
+            scrape_cpu.as_secs_f64() / same.as_secs_f64()
+        );
+    }
     let row = Row {
         label: label.to_owned(),
         start,
@@ -809,6 +818,27 @@ fn measure(label: &str, yaml: &str, up: usize, procs: usize, quick: bool, clk: f
     };
     pw.stop();
     row
+}
+
+/// `rounds` scrapes of procwatch, each followed by one pass of `floor`: procwatch's CPU per
+/// scrape (from its own stat; it does nothing between scrapes), the floor's per pass, and each
+/// scrape's latency.
+fn scrapes_beside(pw: &Pw, floor: &mut KeptFloor, rounds: usize, clk: f64) -> (Duration, Duration, Vec<Duration>) {
+    floor.pass();
+    let mut lat = Vec::with_capacity(rounds);
+    let mut floor_cpu = Duration::ZERO;
+    let cpu0 = pw.cpu(clk);
+    for _ in 0..rounds {
+        let t = Instant::now();
+        let b = pw.get("/metrics");
+        lat.push(t.elapsed());
+        assert!(b.len() > 100);
+        let f0 = process_cpu();
+        floor.pass();
+        floor_cpu += process_cpu() - f0;
+    }
+    let scrape_cpu = (pw.cpu(clk) - cpu0) / rounds as u32;
+    (scrape_cpu, floor_cpu / rounds as u32, lat)
 }
 
 /// The files procwatch reads per process with every group on: stat, status, io, the fd
@@ -966,7 +996,9 @@ struct KeptFloor {
 }
 
 impl KeptFloor {
-    fn open(pids: &[i32], mains: &[i32], reads: &Reads) -> KeptFloor {
+    /// `budget`: keep at most this many files and fd directories (procwatch's), instead of
+    /// what this process's own limit allows.
+    fn open(pids: &[i32], mains: &[i32], reads: &Reads, budget: Option<usize>) -> KeptFloor {
         let limited = if reads.all { mains.to_vec() } else { Vec::new() };
         let taskstats = reads
             .taskstats
@@ -984,6 +1016,9 @@ impl KeptFloor {
         }
         let (soft, _) = procwatch::procfs::nofile_limit();
         let mut room = (soft.saturating_sub(1024) as usize).saturating_sub(cgroup_dirs.len());
+        if let Some(budget) = budget {
+            room = room.min(budget);
+        }
         let mut take = |p: PathBuf, kept: &mut Vec<std::fs::File>, unkept: &mut Vec<PathBuf>| {
             if room == 0 {
                 unkept.push(p);
@@ -1057,6 +1092,22 @@ impl KeptFloor {
         }
         acc + Reads::limits_of(&self.limited)
     }
+}
+
+/// How many /proc files and directories and cgroup stats files `pid` (procwatch) holds open:
+/// the files a scrape reads that it keeps between scrapes.
+fn kept_by(pid: u32) -> usize {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    fds.flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter(|target| {
+            let cgroup_file = target.starts_with("/sys/fs/cgroup")
+                && target.file_name().is_some_and(|n| n.as_encoded_bytes().contains(&b'.'));
+            target.starts_with("/proc/") || cgroup_file
+        })
+        .count()
 }
 
 /// The floor as it would be without kept fds: each file opened, read and closed.
