@@ -303,7 +303,7 @@ async fn scrape(state: &State, format: metrics::Format, gzip: bool) -> Option<By
     let capacity = cache.last_len + cache.last_len / 16 + 4096;
     let (len, body) = tokio::task::spawn_blocking(move || {
         let g = collector.gather();
-        let mut page = String::with_capacity(capacity);
+        let mut page = metrics::page_buffer(capacity);
         collector.encode(g, format, &mut page);
         let len = page.len();
         let body = if gzip {
