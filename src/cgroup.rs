@@ -16,7 +16,7 @@
 //! controllers, which a hybrid host keeps in v1.
 
 use std::collections::BTreeSet;
-use std::ffi::CString;
+use std::ffi::{CStr, CString};
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -580,17 +580,22 @@ impl StatFile {
     const PRESSURE: [StatFile; 3] = [StatFile::CpuPressure, StatFile::MemoryPressure, StatFile::IoPressure];
 
     fn name(self) -> &'static str {
+        self.c_name().to_str().unwrap_or_default()
+    }
+
+    /// The name for openat(2), without a copy at each open past the fds' budget.
+    fn c_name(self) -> &'static CStr {
         match self {
-            StatFile::Procs => "cgroup.procs",
-            StatFile::CpuStat => "cpu.stat",
-            StatFile::CpuPressure => "cpu.pressure",
-            StatFile::MemoryPressure => "memory.pressure",
-            StatFile::IoPressure => "io.pressure",
-            StatFile::MemoryCurrent => "memory.current",
-            StatFile::MemoryPeak => "memory.peak",
-            StatFile::MemoryMax => "memory.max",
-            StatFile::MemoryEvents => "memory.events",
-            StatFile::IoStat => "io.stat",
+            StatFile::Procs => c"cgroup.procs",
+            StatFile::CpuStat => c"cpu.stat",
+            StatFile::CpuPressure => c"cpu.pressure",
+            StatFile::MemoryPressure => c"memory.pressure",
+            StatFile::IoPressure => c"io.pressure",
+            StatFile::MemoryCurrent => c"memory.current",
+            StatFile::MemoryPeak => c"memory.peak",
+            StatFile::MemoryMax => c"memory.max",
+            StatFile::MemoryEvents => c"memory.events",
+            StatFile::IoStat => c"io.stat",
         }
     }
 }
@@ -758,9 +763,14 @@ impl ProgramCgroup {
     /// path where that fails: a cgroup removed and made again under the same path is a new
     /// directory, and the kept fd is of the old one.
     fn open_stat_file(&self, file: StatFile) -> io::Result<File> {
-        let name = CString::new(file.name()).map_err(io::Error::other)?;
         // SAFETY: a valid directory fd and C string; the fd returned is owned below.
-        let fd = unsafe { libc::openat(self.fd.as_raw_fd(), name.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+        let fd = unsafe {
+            libc::openat(
+                self.fd.as_raw_fd(),
+                file.c_name().as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        };
         if fd >= 0 {
             // SAFETY: just opened, owned by nobody else.
             return Ok(unsafe { File::from_raw_fd(fd) });

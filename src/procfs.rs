@@ -260,17 +260,79 @@ enum Which {
 impl Which {
     const COUNT: usize = 5;
 
+    /// Writes the file's path, `/proc/PID/...`, NUL-terminated for [`open_proc`].
     fn tail(self, pid: i32, path: &mut String) {
         use std::fmt::Write;
         path.clear();
         let _ = match self {
-            Which::Stat => write!(path, "/proc/{pid}/stat"),
-            Which::Status => write!(path, "/proc/{pid}/status"),
-            Which::Io => write!(path, "/proc/{pid}/io"),
-            Which::Children => write!(path, "/proc/{pid}/task/{pid}/children"),
-            Which::Limits => write!(path, "/proc/{pid}/limits"),
+            Which::Stat => write!(path, "/proc/{pid}/stat\0"),
+            Which::Status => write!(path, "/proc/{pid}/status\0"),
+            Which::Io => write!(path, "/proc/{pid}/io\0"),
+            Which::Children => write!(path, "/proc/{pid}/task/{pid}/children\0"),
+            Which::Limits => write!(path, "/proc/{pid}/limits\0"),
         };
     }
+}
+
+/// procfs' root, kept open (`O_PATH`) to open and stat files below it with `openat(2)` and
+/// `fstatat(2)`: a lookup of `PID/stat` from there skips the walk of `/` and `proc` that each
+/// file opened past the fds' budget (see [`keep_fd`]) would cost again, about 0.4 µs of the
+/// 3-5 µs of an open. `None` where /proc cannot be opened; paths are walked whole then.
+fn proc_root() -> Option<std::os::fd::BorrowedFd<'static>> {
+    use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+    static ROOT: OnceLock<Option<OwnedFd>> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        // SAFETY: a valid C string; the fd returned is owned below.
+        let fd = unsafe { libc::open(c"/proc".as_ptr(), libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC) };
+        // SAFETY: just opened, owned by nobody else.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    })
+    .as_ref()
+    .map(|fd| fd.as_fd())
+}
+
+/// `path` as [`Which::tail`] and [`proc_path`] write it: `/proc/...` and a NUL. The part below
+/// /proc, and the whole path, as C strings.
+fn split_proc_path(path: &str) -> Option<(&std::ffi::CStr, &std::ffi::CStr)> {
+    let whole = std::ffi::CStr::from_bytes_with_nul(path.as_bytes()).ok()?;
+    let below = std::ffi::CStr::from_bytes_with_nul(path.strip_prefix("/proc/")?.as_bytes()).ok()?;
+    Some((below, whole))
+}
+
+/// Opens a file under /proc for reading, relative to [`proc_root`]; `path` as
+/// [`split_proc_path`] takes it.
+fn open_proc(path: &str) -> std::io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    let (below, whole) = split_proc_path(path).ok_or(std::io::ErrorKind::InvalidInput)?;
+    let flags = libc::O_RDONLY | libc::O_CLOEXEC;
+    // SAFETY: valid C strings and directory fd; the fd returned is owned below.
+    let fd = unsafe {
+        match proc_root() {
+            Some(root) => libc::openat(root.as_raw_fd(), below.as_ptr(), flags),
+            None => libc::open(whole.as_ptr(), flags),
+        }
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: just opened, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// The size `stat(2)` gives for a path under /proc, as [`open_proc`] opens it.
+fn proc_size(path: &str) -> Option<u64> {
+    use std::os::fd::AsRawFd;
+    let (below, whole) = split_proc_path(path)?;
+    // SAFETY: all-zero is a valid `struct stat`.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C strings and directory fd; `st` is a valid out-pointer.
+    let r = unsafe {
+        match proc_root() {
+            Some(root) => libc::fstatat(root.as_raw_fd(), below.as_ptr(), &mut st, 0),
+            None => libc::stat(whole.as_ptr(), &mut st),
+        }
+    };
+    (r == 0).then_some(st.st_size as u64)
 }
 
 /// One process's /proc files, opened when first read and kept open while it lives: a read is
@@ -433,7 +495,9 @@ impl Reader {
         let Reader { path, buf, keep, .. } = self;
         let Some(k) = keep else {
             which.tail(pid, path);
-            return read_into(path, buf);
+            buf.clear();
+            open_proc(path).ok()?.read_to_end(buf).ok()?;
+            return Some(());
         };
         let pass = k.pass;
         let kept = k.procs.entry(pid).or_default();
@@ -458,7 +522,7 @@ impl Reader {
             }
         }
         which.tail(pid, path);
-        let f = File::open(&*path).ok()?;
+        let f = open_proc(path).ok()?;
         pread_into(&f, buf).ok()?;
         if keep_fd() {
             kept.files[which as usize] = Some(f);
@@ -510,13 +574,13 @@ impl Reader {
     /// directory is counted.
     pub fn open_fds(&mut self, pid: i32) -> Option<u64> {
         let Reader { path, keep, .. } = self;
-        proc_path(path, pid, "fd");
+        proc_path(path, pid, "fd\0");
         let size = match keep.as_mut().and_then(|k| {
             let pass = k.pass;
             let kept = k.procs.entry(pid).or_default();
             kept.pass = pass;
             if kept.fd_dir.is_none() && keep_fd() {
-                kept.fd_dir = File::open(&*path).ok();
+                kept.fd_dir = open_proc(path).ok();
                 k.open += usize::from(kept.fd_dir.is_some());
                 if kept.fd_dir.is_none() {
                     release_fds(1);
@@ -525,12 +589,12 @@ impl Reader {
             kept.fd_dir.as_ref().map(|d| d.metadata())
         }) {
             Some(meta) => meta.ok()?.len(),
-            None => std::fs::metadata(&*path).ok()?.len(),
+            None => proc_size(path)?,
         };
         if size > 0 {
             return Some(size);
         }
-        Some(std::fs::read_dir(&*path).ok()?.count() as u64)
+        Some(std::fs::read_dir(path.trim_end_matches('\0')).ok()?.count() as u64)
     }
 
     /// Appends the PIDs of `pid`'s children to `out`. A single-threaded process has one
