@@ -111,6 +111,40 @@ fn ctl_restart_stop_start_signal_over_the_socket() {
     assert_eq!(code, 0, "{err}");
 }
 
+/// A program that ignores SIGTERM is SIGKILLed after stop_timeout (`cgroup.kill` in cgroup
+/// mode), and its next run must live: some kernels SIGKILL at once every child that
+/// clone3(CLONE_INTO_CGROUP) places in a cgroup that `cgroup.kill` was written to.
+#[test]
+fn a_program_killed_after_its_stop_timeout_runs_again() {
+    let pw = Procwatch::start(
+        "status_interval: 0\nprocesses:\n  - name: deaf\n    command: [sh, -c, \"trap '' TERM; while :; do sleep 0.2; done\"]\n    stop_timeout: 1s\n",
+        &[],
+    );
+    let p0 = wait_pid(&pw, "deaf");
+    let (code, out, err) = pw.ctl(&["restart", "deaf"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let p1 = wait_for(T, "a new run", || pid_of(&pw, "deaf").filter(|&p| p != p0));
+    // A new run killed at its start is gone within milliseconds; this one must still be
+    // the same run a second later, and only the first run has ended (by SIGKILL).
+    std::thread::sleep(Duration::from_secs(1));
+    let s = pw.scrape();
+    assert_eq!(
+        s.prog("procwatch_process_pid", "deaf"),
+        Some(f64::from(p1)),
+        "{}",
+        pw.stderr()
+    );
+    assert_eq!(
+        s.get(
+            "procwatch_process_exits_total",
+            &[("name", "deaf"), ("reason", "signal")]
+        ),
+        Some(1.0),
+        "{}",
+        pw.stderr()
+    );
+}
+
 #[test]
 fn ctl_logs_shows_the_last_lines_and_what_came_after() {
     // stdout and stderr are two pipes, read as they come: the stderr line is written only

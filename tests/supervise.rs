@@ -287,7 +287,9 @@ fn programs_inherit_procwatch_s_environment_and_their_env_replaces_it() {
     let read = |name: &str| {
         let file = out.path().join(name);
         wait_for(T, &format!("the program to write {name}"), || {
-            std::fs::read_to_string(&file).ok().filter(|t| t.contains("PW_TEST_KEPT="))
+            std::fs::read_to_string(&file)
+                .ok()
+                .filter(|t| t.contains("PW_TEST_KEPT="))
         })
     };
     let vars = |text: &str, key: &str| -> Vec<String> {

@@ -303,6 +303,7 @@ impl Spawner {
         let mut pid = -1;
         if let Some(cg) = cgroup
             && !CLONE3_REFUSED.load(Ordering::Relaxed)
+            && !cg.was_killed()
         {
             match self.clone3_into(p, cg.dir_fd()) {
                 Ok(child) => pid = child,
