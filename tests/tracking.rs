@@ -201,6 +201,41 @@ fn sigterm_stops_a_setsid_daemon_in_proc_mode() {
     daemon_stopped_on_sigterm(Mode::Unprivileged);
 }
 
+/// A stop sends the stop signal once: many programs take a second SIGTERM for "quit now",
+/// and a shell's TERM trap starts over at each. The program counts them for a second after
+/// the first and exits.
+fn one_stop_signal(proc_mode: bool) {
+    let m = util::marker(&format!("one-term-{proc_mode}"));
+    let script = "import signal, time\nhits = []\nsignal.signal(signal.SIGTERM, lambda s, f: hits.append(s))\nopen('ready', 'w').close()\nwhile not hits:\n    time.sleep(0.01)\ntime.sleep(1)\nopen('count', 'w').write(str(len(hits)))\n";
+    let yaml = format!(
+        "{}status_interval: 0\nprocesses:\n  - name: counter\n    command: [python3, term.py]\n    cwd: .\n    stop_timeout: 10s\n",
+        if proc_mode { "cgroup: off\n" } else { "" }
+    );
+    let mut pw = start(Mode::Cgroup, &yaml, &[("term.py", script)], &m);
+    wait_for(T, "the TERM handler to be set", || {
+        pw.path("ready").exists().then_some(())
+    });
+    assert!(pw.stop().success(), "{}", pw.stderr());
+    assert_eq!(
+        std::fs::read_to_string(pw.path("count")).unwrap(),
+        "1",
+        "SIGTERMs the program got"
+    );
+}
+
+#[test]
+fn a_stop_sends_the_stop_signal_once_in_cgroup_mode() {
+    if cgroup2().is_none() {
+        return;
+    }
+    one_stop_signal(false);
+}
+
+#[test]
+fn a_stop_sends_the_stop_signal_once_in_proc_mode() {
+    one_stop_signal(true);
+}
+
 /// `kill -9` of procwatch's PID (the guardian: the supervisor stops everything and says so),
 /// or of the supervisor (the guardian kills everything left).
 fn daemon_stopped_on_sigkill(mode: Mode, target_supervisor: bool) {

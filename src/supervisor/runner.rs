@@ -669,6 +669,9 @@ enum Targets {
         /// Every session and process group seen among the run's processes.
         ids: Vec<i32>,
         signalled: Vec<(i32, u64)>,
+        /// The signal the run's process group was sent in this step: once, as a second stop
+        /// signal means "quit now" to many programs and restarts a shell's trap.
+        group_signalled: Option<i32>,
     },
 }
 
@@ -690,6 +693,7 @@ impl Targets {
             known: Vec::new(),
             ids: vec![pgid],
             signalled: Vec::new(),
+            group_signalled: None,
         };
         if main_alive
             && let Targets::Proc { known, .. } = &mut t
@@ -800,13 +804,32 @@ impl Targets {
             Targets::Proc { .. } => {
                 self.rescan();
                 let Targets::Proc {
-                    pgid, known, signalled, ..
+                    pgid,
+                    known,
+                    signalled,
+                    group_signalled,
+                    ..
                 } = self
                 else {
                     return;
                 };
-                os::signal_group(*pgid, signal);
-                os::signal_group(*pgid, libc::SIGCONT);
+                if *group_signalled != Some(signal) {
+                    os::signal_group(*pgid, signal);
+                    os::signal_group(*pgid, libc::SIGCONT);
+                    *group_signalled = Some(signal);
+                    // The known processes in the group had it with the group. One forked into
+                    // the group since is found by a later rescan and sent it alone.
+                    let mut reader = procfs::Reader::default();
+                    for &(pid, start) in known.iter() {
+                        if !signalled.contains(&(pid, start))
+                            && reader
+                                .stat(pid)
+                                .is_some_and(|st| st.starttime_ticks == start && st.pgrp == *pgid)
+                        {
+                            signalled.push((pid, start));
+                        }
+                    }
+                }
                 for &(pid, start) in known.iter() {
                     if !signalled.contains(&(pid, start)) {
                         // SAFETY: plain syscalls; `known` holds only live processes.
@@ -832,8 +855,13 @@ impl Targets {
                 signalled.clear();
                 cgroup.kill();
             }
-            Targets::Proc { signalled, .. } => {
+            Targets::Proc {
+                signalled,
+                group_signalled,
+                ..
+            } => {
                 signalled.clear();
+                *group_signalled = None;
                 self.refresh(libc::SIGKILL);
             }
         }
