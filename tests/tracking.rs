@@ -521,10 +521,14 @@ fn check_config_names_the_mode() {
 fn leftover_cgroups_of_a_killed_procwatch_are_removed_at_start() {
     let Some(mount) = cgroup2() else { return };
     let own = own_cgroup(&mount);
-    // A PID that no longer runs: a child that has exited and been reaped.
-    let mut child = std::process::Command::new("true").spawn().unwrap();
-    let dead = child.id();
-    child.wait().unwrap();
+    // A PID that no process has: PIDs are below pid_max. (A reaped child's PID may be
+    // another process's by the time procwatch looks: pid_max is 32768 here, and the tests
+    // beside this one spawn thousands.)
+    let dead: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let left = own.join(format!("procwatch-{dead}"));
     let prog = left.join("programs").join("old");
     std::fs::create_dir_all(&prog).unwrap();
