@@ -404,8 +404,10 @@ pub struct Reader {
     buf: Vec<u8>,
     keep: Option<KeptFiles>,
     want: Want,
-    /// The source of context switches where the kernel answers (see [`taskstats`]).
+    /// The source of context switches where the kernel answers (see [`taskstats`]), asked
+    /// for at the first pass that wants context switches (`taskstats_tried`).
     taskstats: Option<taskstats::Taskstats>,
+    taskstats_tried: bool,
     /// Whether a swap area is in use (/proc/swaps, read at each pass): with none, no process
     /// has swapped-out memory, and `status` is not read for it.
     swap_in_use: bool,
@@ -420,17 +422,6 @@ impl Reader {
     /// [`Reader::begin_pass`] and [`Reader::end_pass`] around each pass.
     pub fn keeping(want: Want) -> Reader {
         set_keep_limit();
-        let taskstats = if want.ctxswitch {
-            match taskstats::Taskstats::open() {
-                Ok(ts) => Some(ts),
-                Err(e) => {
-                    tracing::info!(reason = %e, "context switches are read from /proc/PID/task/TID/status, one read per thread; threads that exited are not counted");
-                    None
-                }
-            }
-        } else {
-            None
-        };
         Reader {
             keep: Some(KeptFiles {
                 procs: HashMap::new(),
@@ -438,14 +429,32 @@ impl Reader {
                 open: 0,
             }),
             want,
-            taskstats,
             swap_in_use: want.swap,
             ..Reader::default()
         }
     }
 
+    /// Opens the taskstats socket the first time a pass wants context switches. Where the
+    /// kernel refuses it, procwatch says so once (a collector may make several readers).
+    fn try_taskstats(&mut self) {
+        if !self.want.ctxswitch || self.taskstats_tried {
+            return;
+        }
+        self.taskstats_tried = true;
+        match taskstats::Taskstats::open() {
+            Ok(ts) => self.taskstats = Some(ts),
+            Err(e) => {
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| {
+                    tracing::info!(reason = %e, "context switches are read from /proc/PID/task/TID/status, one read per thread; threads that exited are not counted");
+                });
+            }
+        }
+    }
+
     /// Where context switches come from: `taskstats` or `status`.
-    pub fn ctxswitch_source(&self) -> &'static str {
+    pub fn ctxswitch_source(&mut self) -> &'static str {
+        self.try_taskstats();
         if self.taskstats.is_some() {
             "taskstats"
         } else {
@@ -470,6 +479,7 @@ impl Reader {
         if self.want.swap {
             self.swap_in_use = swap_in_use(&mut self.buf);
         }
+        self.try_taskstats();
     }
 
     /// Closes the files of every process this pass did not meet: it is gone, or left the trees.
@@ -1297,7 +1307,7 @@ mod tests {
             ..Want::default()
         });
         if !taskstats {
-            r.taskstats = None;
+            r.taskstats_tried = true;
         }
         r
     }

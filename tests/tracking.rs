@@ -201,6 +201,34 @@ fn sigterm_stops_a_setsid_daemon_in_proc_mode() {
     daemon_stopped_on_sigterm(Mode::Unprivileged);
 }
 
+/// A procwatch the kernel refuses taskstats (here: not root) reads context switches from
+/// /proc/PID/status and says so once; with the ctxswitch group off it asks nothing and says
+/// nothing.
+#[test]
+fn without_taskstats_procwatch_says_once_where_context_switches_come_from() {
+    let line = "context switches are read from /proc/PID/task/TID/status";
+    for (flags, times) in [(&[][..], 1), (&["--no-collector.ctxswitch"][..], 0)] {
+        let m = util::marker(&format!("no-taskstats-{times}"));
+        let (dir, config) = util::config_dir("processes:\n  - name: plain\n    command: [sleep, '600']\n");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let arg = config.to_str().unwrap().to_owned();
+        let mut args = vec!["--config", arg.as_str()];
+        args.extend_from_slice(flags);
+        let pw = Procwatch::start_with(dir, config.clone(), &args, &m, |cmd| {
+            cmd.uid(65534).gid(65534);
+        });
+        let s = pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
+        assert_eq!(
+            s.text.contains("procwatch_process_context_switches_total{"),
+            times == 1,
+            "{flags:?}"
+        );
+        pw.scrape();
+        assert_eq!(pw.stderr().matches(line).count(), times, "{flags:?}:\n{}", pw.stderr());
+    }
+}
+
 /// A stop sends the stop signal once: many programs take a second SIGTERM for "quit now",
 /// and a shell's TERM trap starts over at each. The program counts them for a second after
 /// the first and exits.
