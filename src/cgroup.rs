@@ -517,10 +517,8 @@ impl Tree {
                 return Err(e);
             }
         }
-        Ok(ProgramCgroup::with_fd(
-            dir,
-            open_dir(self.programs_fd.as_raw_fd(), Path::new(name))?,
-        ))
+        let fd = open_dir(self.programs_fd.as_raw_fd(), Path::new(name))?;
+        Ok(ProgramCgroup::with_fd(dir, fd).absent_without(&self.controllers))
     }
 
     /// `<base>/programs`, which the guardian kills whole if procwatch dies.
@@ -683,6 +681,30 @@ impl ProgramCgroup {
             run: RunState::default(),
             stats: Mutex::default(),
         }
+    }
+
+    /// Marks the files of a controller that is not enabled for the programs' cgroups as
+    /// absent from the start (procwatch enables its controllers once, at start): neither the
+    /// first start (memory.events) nor the first scrape looks for them. Each missing file
+    /// cost two failed opens per program there, about 0.2 s of CPU on the first scrape of
+    /// 5000 programs without the memory and io controllers.
+    fn absent_without(self, controllers: &BTreeSet<String>) -> ProgramCgroup {
+        const OF: [(StatFile, &str); 5] = [
+            (StatFile::MemoryCurrent, "memory"),
+            (StatFile::MemoryPeak, "memory"),
+            (StatFile::MemoryMax, "memory"),
+            (StatFile::MemoryEvents, "memory"),
+            (StatFile::IoStat, "io"),
+        ];
+        {
+            let mut slots = self.stats.lock().unwrap_or_else(|e| e.into_inner());
+            for (file, controller) in OF {
+                if !controllers.contains(controller) {
+                    slots[file as usize] = Slot::Absent;
+                }
+            }
+        }
+        self
     }
 
     pub fn dir(&self) -> &Path {
@@ -1599,6 +1621,34 @@ mod tests {
     /// The run-state logic on a directory that holds fixture copies of the files: limits are
     /// written where they changed, and an exit is an OOM kill only for SIGKILL while
     /// `oom_kill` went up.
+    /// The files of a controller that is not enabled are never looked for, even where a file
+    /// of that name is there; those of an enabled one are read.
+    #[test]
+    fn files_of_controllers_not_enabled_are_absent_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("memory.current"), "4096\n").unwrap();
+        std::fs::write(dir.path().join("memory.events"), fixture("memory.events")).unwrap();
+        std::fs::write(dir.path().join("io.stat"), "").unwrap();
+        let mut buf = Vec::new();
+        let none = ProgramCgroup::open(dir.path().to_path_buf())
+            .unwrap()
+            .absent_without(&BTreeSet::new());
+        assert_eq!(none.memory(&mut buf), None);
+        assert_eq!(none.oom_kills(), None);
+        for f in [StatFile::MemoryCurrent, StatFile::MemoryEvents, StatFile::IoStat] {
+            assert!(matches!(none.stats.lock().unwrap()[f as usize], Slot::Absent), "{f:?}");
+        }
+        let memory = ProgramCgroup::open(dir.path().to_path_buf())
+            .unwrap()
+            .absent_without(&BTreeSet::from(["memory".to_owned()]));
+        assert_eq!(memory.memory(&mut buf).map(|m| m.current_bytes), Some(4096));
+        assert_eq!(memory.oom_kills(), Some(3));
+        assert!(matches!(
+            memory.stats.lock().unwrap()[StatFile::IoStat as usize],
+            Slot::Absent
+        ));
+    }
+
     #[test]
     fn prepare_run_writes_limits_and_an_oom_kill_is_told_apart() {
         let dir = tempfile::tempdir().unwrap();
