@@ -1272,8 +1272,6 @@ fn identity_of(src: &Source, i: usize, p: &RawProgram) -> Result<Identity, Confi
     let c = src.c();
     let at = |k: &str| format!("processes[{i}].{k}");
     let mut id = Identity::default();
-    // SAFETY: geteuid/getegid have no preconditions.
-    let (euid, egid) = unsafe { (libc::geteuid(), libc::getegid()) };
     if let Some(u) = &p.user {
         let user = match identity::lookup_user(&u.value.0) {
             Ok(Some(user)) => user,
@@ -1287,6 +1285,8 @@ fn identity_of(src: &Source, i: usize, p: &RawProgram) -> Result<Identity, Confi
                 format!("uid {} has no passwd entry: give `group:` too", user.uid),
             );
         }
+        // SAFETY: geteuid has no preconditions. (Asked only here: most programs set no user.)
+        let euid = unsafe { libc::geteuid() };
         if user.uid != euid && !identity::capable(identity::CAP_SETUID) {
             return c.err(
                 &u.referenced,
@@ -1321,6 +1321,8 @@ fn identity_of(src: &Source, i: usize, p: &RawProgram) -> Result<Identity, Confi
                 (None, Some(u)) => (u.referenced, at("user")),
                 (None, None) => (p.name.referenced, at("name")),
             };
+            // SAFETY: getegid has no preconditions.
+            let egid = unsafe { libc::getegid() };
             return c.err(
                 &at_loc,
                 &key,
