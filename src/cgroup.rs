@@ -1078,18 +1078,38 @@ fn wait_unpopulated_blocking(dir: &Path, timeout: Duration) -> bool {
     }
 }
 
-/// `KEY VALUE` lines (`cgroup.events`, `memory.events`, `cpu.stat`).
+/// `KEY VALUE` lines (`cgroup.events`, `memory.events`, `cpu.stat`). These parsers run on a
+/// few files of every program at every scrape: they look at bytes, line by line, with no
+/// character search per line.
 pub fn parse_keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|l| {
-        let (k, v) = l.split_once(' ')?;
-        (k == key).then(|| v.trim().parse().ok()).flatten()
+    lines(text).find_map(|line| {
+        let value = line.strip_prefix(key.as_bytes())?.strip_prefix(b" ")?;
+        crate::procfs::dec_u64(value.trim_ascii())
     })
 }
 
+/// The lines of a small text file, as bytes.
+fn lines(text: &str) -> impl Iterator<Item = &[u8]> {
+    text.as_bytes().split(|&b| b == b'\n')
+}
+
 pub fn parse_cpu_stat(text: &str) -> Option<CpuStat> {
+    let (mut user, mut system) = (None, None);
+    for line in lines(text) {
+        let (slot, value) = if let Some(v) = line.strip_prefix(b"user_usec ") {
+            (&mut user, v)
+        } else if let Some(v) = line.strip_prefix(b"system_usec ") {
+            (&mut system, v)
+        } else {
+            continue;
+        };
+        if slot.is_none() {
+            *slot = crate::procfs::dec_u64(value.trim_ascii());
+        }
+    }
     Some(CpuStat {
-        user_usec: parse_keyed(text, "user_usec")?,
-        system_usec: parse_keyed(text, "system_usec")?,
+        user_usec: user?,
+        system_usec: system?,
     })
 }
 
@@ -1097,18 +1117,18 @@ pub fn parse_cpu_stat(text: &str) -> Option<CpuStat> {
 /// last field of each line (Documentation/accounting/psi.rst).
 pub fn parse_pressure(text: &str) -> Option<Pressure> {
     let (mut some, mut full) = (None, None);
-    for line in text.lines() {
-        let slot = if line.starts_with("some ") {
+    for line in lines(text) {
+        let slot = if line.starts_with(b"some ") {
             &mut some
-        } else if line.starts_with("full ") {
+        } else if line.starts_with(b"full ") {
             &mut full
         } else {
             continue;
         };
-        *slot = line
-            .rsplit_once(' ')
-            .and_then(|(_, f)| f.strip_prefix("total="))
-            .and_then(|v| v.trim_end().parse().ok());
+        let last = line.iter().rposition(|&b| b == b' ').map_or(line, |at| &line[at + 1..]);
+        *slot = last
+            .strip_prefix(b"total=")
+            .and_then(|v| crate::procfs::dec_u64(v.trim_ascii_end()));
     }
     Some(Pressure {
         some_usec: some?,

@@ -137,7 +137,7 @@ fn dec_i64(text: &[u8]) -> Option<i64> {
 }
 
 /// A decimal integer of ASCII digits only.
-fn dec_u64(digits: &[u8]) -> Option<u64> {
+pub(crate) fn dec_u64(digits: &[u8]) -> Option<u64> {
     if digits.is_empty() {
         return None;
     }
