@@ -277,8 +277,11 @@ impl Collector {
         // the io controller gives io.stat. The cgroup's files are kept open like /proc's.
         let mut cgroups: Vec<CgroupReport> = Vec::new();
         let io_on = self.groups.on(Group::Io);
-        for (i, program) in programs.iter().enumerate() {
-            let Some(cg) = program.cgroup() else { continue };
+        // Each program's cgroup, looked up once: each lookup is the pass's first touch of the
+        // program, a cache miss once there are many.
+        let program_cgroups: Vec<Option<&cgroup::ProgramCgroup>> = programs.iter().map(|p| p.cgroup()).collect();
+        for (i, cg) in program_cgroups.iter().enumerate() {
+            let Some(cg) = cg else { continue };
             if cgroups.is_empty() {
                 cgroups.resize_with(programs.len(), CgroupReport::default);
             }
@@ -311,7 +314,7 @@ impl Collector {
         }
         let mut walk = procfs::TreeWalk::default();
         for (i, status) in statuses.iter().enumerate() {
-            if programs[i].cgroup().is_some() {
+            if program_cgroups[i].is_some() {
                 continue;
             }
             let Some((pid, _)) = status.state.run() else { continue };
@@ -330,7 +333,7 @@ impl Collector {
         // Orphans re-parented to procwatch still belong to the run whose session they are in.
         // Only proc mode looks for them: in cgroup mode an orphan stays in its program's cgroup.
         children.clear();
-        if programs.iter().any(|p| p.cgroup().is_none()) {
+        if program_cgroups.iter().any(Option::is_none) {
             procfs::own_children(reader, children);
         }
         for &pid in children.iter() {
@@ -340,7 +343,7 @@ impl Collector {
             let Some(st) = reader.stat(pid) else { continue };
             let owner = run_index.get(&st.pgrp).or_else(|| run_index.get(&st.session));
             if let Some(&i) = owner
-                && programs[i].cgroup().is_none()
+                && program_cgroups[i].is_none()
             {
                 let usage = usages[i].get_or_insert_default();
                 reader.tree_from(st, usage, &mut walk);
@@ -381,7 +384,11 @@ impl Collector {
             }
             high.counters = high.counters.max(counters);
             let probes = if self.groups.on(Group::Probes) {
-                ProbeRole::ALL.map(|role| program.probe(role))
+                // As `Program::probe`, on the status this scrape already holds.
+                ProbeRole::ALL.map(|role| {
+                    status.config.probe(role)?;
+                    Some(program.probe_stats(role).sample())
+                })
             } else {
                 [None; 2]
             };
