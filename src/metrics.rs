@@ -103,8 +103,13 @@ pub struct LogsReport {
 }
 
 /// The highest values reported for one program.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 struct HighWater {
+    /// The program they were reported for. A program removed and added again by reloads
+    /// between two scrapes is a new program (a new cgroup, nothing reaped yet): its counters
+    /// start again from 0, a reset Prometheus sees, rather than staying hidden under the old
+    /// program's values until they pass them.
+    program: std::sync::Weak<Program>,
     cpu_user: f64,
     cpu_system: f64,
     counters: Counters,
@@ -370,10 +375,17 @@ impl Collector {
                     rs.as_secs_f64() + live.system_ticks as f64 / clk,
                 )
             });
-            if !reported.contains_key(&program.name) {
-                reported.insert(program.name.clone(), HighWater::default());
-            }
-            let high = reported.get_mut(&program.name).expect("inserted above");
+            let high = match reported.get_mut(&program.name) {
+                Some(high) if std::ptr::eq(high.program.as_ptr(), Arc::as_ptr(program)) => high,
+                _ => {
+                    let fresh = HighWater {
+                        program: Arc::downgrade(program),
+                        ..HighWater::default()
+                    };
+                    reported.insert(program.name.clone(), fresh);
+                    reported.get_mut(&program.name).expect("inserted above")
+                }
+            };
             high.cpu_user = high.cpu_user.max(user);
             high.cpu_system = high.cpu_system.max(system);
             let mut counters = live.counters.plus(reaped_usage[i]);

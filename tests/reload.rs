@@ -262,3 +262,40 @@ fn a_removed_program_takes_descendants_that_left_its_session_with_it() {
     });
     assert_eq!(pw.scrape().prog("procwatch_process_up", "stays"), Some(1.0));
 }
+
+/// A program removed and added again by two reloads between scrapes is a new program: its
+/// counters start again (a reset Prometheus sees), rather than staying at the old program's
+/// values until the new one's pass them.
+#[test]
+fn a_program_removed_and_added_between_scrapes_starts_its_counters_again() {
+    let m = marker("readd");
+    let with = "status_interval: 0\nprocesses:\n  - name: keep\n    command: [sleep, '600']\n  - name: burner\n    command: [sh, -c, 'while :; do :; done']\n";
+    let without = "status_interval: 0\nprocesses:\n  - name: keep\n    command: [sleep, '600']\n";
+    let cpu = |s: &Scrape| {
+        ["user", "system"]
+            .iter()
+            .filter_map(|mode| {
+                s.get(
+                    "procwatch_process_cpu_seconds_total",
+                    &[("name", "burner"), ("mode", mode)],
+                )
+            })
+            .sum::<f64>()
+    };
+    let pw = Procwatch::start_marked(with, &[], &m);
+    let old = cpu(&pw.wait_scrape(T, "burner to burn 0.5 s", |s| cpu(s) >= 0.5));
+    let reloads = |pw: &Procwatch| pw.stderr().matches("config reloaded").count();
+    for (i, yaml) in [without, with].into_iter().enumerate() {
+        pw.write_config(yaml);
+        pw.signal(libc::SIGHUP);
+        util::wait_for(T, "the reload", || (reloads(&pw) > i).then_some(()));
+    }
+    let s = pw.scrape();
+    assert!(
+        cpu(&s) < old,
+        "the new burner's CPU starts from 0, not from the old one's {old}: {}",
+        cpu(&s)
+    );
+    let new = cpu(&s);
+    pw.wait_scrape(T, "the new burner's CPU to rise", |s| cpu(s) > new);
+}
