@@ -67,8 +67,13 @@ impl WatchStats {
         }
     }
 
-    fn count(&self, kind: usize) {
-        self.events[kind].fetch_add(1, Ordering::Relaxed);
+    /// Adds one batch's counts, by kind.
+    fn add(&self, counts: &[u64; KINDS.len()]) {
+        for (e, &n) in self.events.iter().zip(counts) {
+            if n > 0 {
+                e.fetch_add(n, Ordering::Relaxed);
+            }
+        }
     }
 
     fn error(&self) {

@@ -192,6 +192,9 @@ impl Watcher {
             }
             if fds[2].revents != 0 {
                 self.on_mounts();
+                for tree in self.trees.iter_mut().flatten() {
+                    tree.publish();
+                }
             }
             if fds[1].revents != 0 {
                 std::thread::sleep(COALESCE);

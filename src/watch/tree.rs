@@ -220,8 +220,11 @@ pub(super) struct Tree {
     /// The errno last logged, so that a failure repeating every retry is logged once.
     last_error: Option<i32>,
     said_too_long: bool,
-    /// Something was counted since the last [`Tree::publish`].
-    counted: bool,
+    /// What was counted since the last [`Tree::publish`], by kind: a scrape sees a batch of
+    /// events whole or not at all. (Counted one by one, a scrape between a batch's last event
+    /// and the end of its queue could see that event counted but not the names found by
+    /// listing a new directory earlier in it, which are counted at the queue's end.)
+    batch: [u64; super::KINDS.len()],
     /// Names found by listing, by (watch, name hash), counted once the queue is read to its end.
     pending: Vec<(i32, u64)>,
 }
@@ -246,7 +249,7 @@ impl Tree {
             said_missing: false,
             last_error: None,
             said_too_long: false,
-            counted: false,
+            batch: [0; super::KINDS.len()],
             pending: Vec::new(),
         }
     }
@@ -256,13 +259,14 @@ impl Tree {
     }
 
     fn count(&mut self, kind: usize) {
-        self.stats.count(kind);
-        self.counted = true;
+        self.batch[kind] += 1;
     }
 
-    /// Tells `on_change` waiters, once per batch of events.
+    /// Makes the batch's counts visible to scrapes, and tells `on_change` waiters, once per
+    /// batch of events.
     pub(super) fn publish(&mut self) {
-        if std::mem::take(&mut self.counted) {
+        if self.batch.iter().any(|&n| n > 0) {
+            self.stats.add(&std::mem::take(&mut self.batch));
             self.stats.publish_changes();
         }
     }
