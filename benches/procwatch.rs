@@ -1011,7 +1011,10 @@ impl KeptFloor {
             let dir = p.parent().unwrap().to_path_buf();
             if !dir_of.contains_key(&dir) {
                 dir_of.insert(dir.clone(), cgroup_dirs.len());
-                cgroup_dirs.push(std::fs::File::open(&dir).unwrap());
+                let d = std::fs::File::open(&dir);
+                cgroup_dirs.push(
+                    d.unwrap_or_else(|e| panic!("{}: {e} (a program's cgroup went away mid-run)", dir.display())),
+                );
             }
         }
         let (soft, _) = procwatch::procfs::nofile_limit();
@@ -1857,7 +1860,14 @@ impl Pw {
             * 1024
     }
 
-    fn stop(mut self) {
+    fn stop(self) {
+        drop(self);
+    }
+}
+
+/// A part that panics still stops its procwatch, and with it every program it started.
+impl Drop for Pw {
+    fn drop(&mut self) {
         // SAFETY: plain syscall to our child.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
