@@ -187,8 +187,15 @@ fn endpoints_answer_as_the_design_says() {
         body.contains("<td>web</td>") && body.contains("href=\"/metrics\""),
         "{body}"
     );
-    assert_eq!(http(&pw.addr, "GET", "/-/healthy", "").unwrap().0, 200);
-    assert_eq!(http(&pw.addr, "GET", "/-/ready", "").unwrap().0, 200);
+    for method in ["GET", "HEAD"] {
+        assert_eq!(http(&pw.addr, method, "/-/healthy", "").unwrap().0, 200, "{method}");
+        assert_eq!(http(&pw.addr, method, "/-/ready", "").unwrap().0, 200, "{method}");
+    }
+    assert_eq!(
+        http(&pw.addr, "HEAD", "/-/healthy", "").unwrap().2,
+        "",
+        "HEAD has no body"
+    );
     assert_eq!(http(&pw.addr, "GET", "/nope", "").unwrap().0, 404);
     assert_eq!(http(&pw.addr, "POST", "/-/reload", "").unwrap().0, 403);
     assert_eq!(http(&pw.addr, "GET", "/-/reload", "").unwrap().0, 405);

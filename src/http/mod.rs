@@ -253,8 +253,9 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
             ),
             None => text(StatusCode::INTERNAL_SERVER_ERROR, "gather failed\n"),
         },
-        ("/-/healthy", &Method::GET) => text(StatusCode::OK, "procwatch is healthy.\n"),
-        ("/-/ready", &Method::GET) => match state.config.ready.load(Ordering::Acquire) {
+        // HEAD as GET (hyper sends no body), as Prometheus answers both on these two.
+        ("/-/healthy", &Method::GET | &Method::HEAD) => text(StatusCode::OK, "procwatch is healthy.\n"),
+        ("/-/ready", &Method::GET | &Method::HEAD) => match state.config.ready.load(Ordering::Acquire) {
             true => text(StatusCode::OK, "procwatch is ready.\n"),
             false => text(StatusCode::SERVICE_UNAVAILABLE, "procwatch is starting its programs.\n"),
         },
