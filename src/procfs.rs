@@ -921,8 +921,13 @@ impl Reader {
     }
 
     fn add(&mut self, st: &Stat, usage: &mut TreeUsage, io: bool) {
-        let fds = self.open_fds(st.pid).unwrap_or(0);
-        usage.add(st, fds, sys().page_size);
+        match self.exited_leader(st) {
+            Some((mm, fds)) => usage.add(&mm, fds, sys().page_size),
+            None => {
+                let fds = self.open_fds(st.pid).unwrap_or(0);
+                usage.add(st, fds, sys().page_size);
+            }
+        }
         let taskstats = self.taskstats.as_mut().filter(|_| self.want.ctxswitch);
         let status_switches = self.want.ctxswitch && taskstats.is_none();
         if let Some(s) = taskstats.and_then(|ts| ts.switches(st.pid)) {
@@ -947,6 +952,46 @@ impl Reader {
         {
             usage.add_io(&io);
         }
+    }
+
+    /// A process whose main thread has exited while others run: its leader is a zombie that
+    /// has dropped its memory and its fd table, so its own `stat` says 0 for RSS and VSZ and
+    /// its `fd` directory is empty, though the process holds both. `st` with the memory of a
+    /// live thread's `task/TID/stat` (the process's, as all its threads share it), and that
+    /// thread's fd count; `None` for any other process.
+    fn exited_leader(&mut self, st: &Stat) -> Option<(Stat, u64)> {
+        if st.state != b'Z' || st.num_threads <= 1 {
+            return None;
+        }
+        let Reader { path, buf, .. } = self;
+        proc_path(path, st.pid, "task");
+        let tasks = std::fs::read_dir(&*path).ok()?;
+        for task in tasks.flatten() {
+            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+                continue;
+            };
+            let dir = task.path();
+            if tid == st.pid || read_into(dir.join("stat").to_str()?, buf).is_none() {
+                continue;
+            }
+            let Some(thread) = parse_stat(buf).filter(|t| t.state != b'Z') else {
+                continue;
+            };
+            // Its size is the count since Linux 6.2; 0 before, then the entries are counted.
+            let fds = match std::fs::metadata(dir.join("fd")).map_or(0, |m| m.len()) {
+                0 => std::fs::read_dir(dir.join("fd")).map_or(0, |d| d.count() as u64),
+                n => n,
+            };
+            return Some((
+                Stat {
+                    rss_pages: thread.rss_pages,
+                    vsize_bytes: thread.vsize_bytes,
+                    ..*st
+                },
+                fds,
+            ));
+        }
+        None
     }
 
     /// Adds the context switches of `pid`'s threads other than its main one, where taskstats

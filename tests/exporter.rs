@@ -144,6 +144,41 @@ fn context_switches_of_threads_that_exited_count_while_their_process_lives() {
     assert!(switches >= 1200.0, "4 exited threads slept 1200 times: {switches}");
 }
 
+/// A program whose main thread exited while another runs: /proc's files of its leader (a
+/// zombie) show no memory and no fds, though the process holds both.
+#[test]
+fn a_program_whose_main_thread_exited_still_shows_its_memory_and_fds() {
+    let m = marker("leader");
+    let dir = tempfile::tempdir().unwrap();
+    let done = dir.path().join("done");
+    let script = dir.path().join("leader.py");
+    std::fs::write(
+        &script,
+        format!(
+            "import ctypes, threading, time\nb = bytearray(50 << 20)\nfor i in range(0, len(b), 4096):\n    b[i] = 1\nthreading.Thread(target=lambda: time.sleep(600)).start()\nopen(\"{}\", \"w\").close()\nctypes.CDLL(None).pthread_exit(None)\n",
+            done.display()
+        ),
+    )
+    .unwrap();
+    let yaml = format!(
+        "status_interval: 0\nprocesses:\n  - name: leader\n    command: [python3, {}]\n",
+        script.display()
+    );
+    let pw = Procwatch::start_marked(&yaml, &[], &m);
+    util::wait_for(T, "the main thread to exit", || done.exists().then_some(()));
+    let zombie = |s: &Scrape| -> Option<()> {
+        let pid = s.prog("procwatch_process_pid", "leader")? as i32;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit(')').next()?.trim_start().starts_with('Z').then_some(())
+    };
+    let s = pw.wait_scrape(T, "the leader to be a zombie", |s| zombie(s).is_some());
+    let rss = s.prog("procwatch_process_resident_memory_bytes", "leader").unwrap();
+    assert!(rss >= 50.0 * 1024.0 * 1024.0, "{rss}");
+    assert!(s.prog("procwatch_process_virtual_memory_bytes", "leader").unwrap() >= rss);
+    let fds = s.prog("procwatch_process_open_fds", "leader").unwrap();
+    assert!(fds >= 3.0, "stdio at least: {fds}");
+}
+
 #[test]
 fn max_fds_is_the_limit_the_program_set() {
     let pw = Procwatch::start(
