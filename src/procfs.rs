@@ -601,10 +601,7 @@ impl Reader {
             Some(meta) => meta.ok()?.len(),
             None => proc_size(path)?,
         };
-        if size > 0 {
-            return Some(size);
-        }
-        Some(std::fs::read_dir(path.trim_end_matches('\0')).ok()?.count() as u64)
+        fd_count(size, path.trim_end_matches('\0'))
     }
 
     /// Appends the PIDs of `pid`'s children to `out`. A single-threaded process has one
@@ -770,6 +767,28 @@ fn open_fd_count() -> Option<u64> {
 }
 
 /// Writes `/proc/PID/TAIL` into a reused string.
+/// The threads of `pid` other than its main one, from /proc/PID/task (`path` is scratch).
+fn other_threads(path: &mut String, pid: i32) -> Vec<i32> {
+    proc_path(path, pid, "task");
+    let Ok(tasks) = std::fs::read_dir(&*path) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| t.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&tid| tid != pid)
+        .collect()
+}
+
+/// The open fds of an fd directory whose `stat(2)` size is `size`: the count since Linux
+/// 6.2; where that is 0 (older kernels), its entries are counted.
+fn fd_count(size: u64, dir: &str) -> Option<u64> {
+    if size > 0 {
+        return Some(size);
+    }
+    Some(std::fs::read_dir(dir).ok()?.count() as u64)
+}
+
 fn proc_path(path: &mut String, pid: i32, tail: &str) {
     use std::fmt::Write;
     path.clear();
@@ -963,25 +982,16 @@ impl Reader {
         if st.state != b'Z' || st.num_threads <= 1 {
             return None;
         }
-        let Reader { path, buf, .. } = self;
-        proc_path(path, st.pid, "task");
-        let tasks = std::fs::read_dir(&*path).ok()?;
-        for task in tasks.flatten() {
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
-                continue;
-            };
-            let dir = task.path();
-            if tid == st.pid || read_into(dir.join("stat").to_str()?, buf).is_none() {
+        for tid in other_threads(&mut self.path, st.pid) {
+            let dir = format!("/proc/{}/task/{tid}", st.pid);
+            if read_into(&format!("{dir}/stat"), &mut self.buf).is_none() {
                 continue;
             }
-            let Some(thread) = parse_stat(buf).filter(|t| t.state != b'Z') else {
+            let Some(thread) = parse_stat(&self.buf).filter(|t| t.state != b'Z') else {
                 continue;
             };
-            // Its size is the count since Linux 6.2; 0 before, then the entries are counted.
-            let fds = match std::fs::metadata(dir.join("fd")).map_or(0, |m| m.len()) {
-                0 => std::fs::read_dir(dir.join("fd")).map_or(0, |d| d.count() as u64),
-                n => n,
-            };
+            let fd_dir = format!("{dir}/fd");
+            let fds = fd_count(std::fs::metadata(&fd_dir).map_or(0, |m| m.len()), &fd_dir).unwrap_or(0);
             return Some((
                 Stat {
                     rss_pages: thread.rss_pages,
@@ -1003,18 +1013,8 @@ impl Reader {
     /// reaped: procwatch adds those of its own children).
     fn other_threads_switches(&mut self, pid: i32, usage: &mut TreeUsage) {
         use std::fmt::Write;
-        let Reader { path, buf, .. } = self;
-        proc_path(path, pid, "task");
-        let Ok(tasks) = std::fs::read_dir(&*path) else {
-            return;
-        };
-        for task in tasks.flatten() {
-            let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
-                continue;
-            };
-            if tid == pid {
-                continue;
-            }
+        for tid in other_threads(&mut self.path, pid) {
+            let Reader { path, buf, .. } = self;
             path.clear();
             let _ = write!(path, "/proc/{pid}/task/{tid}/status");
             if read_into(path, buf).is_some()
