@@ -146,18 +146,29 @@ impl Taskstats {
         self.seq = self.seq.wrapping_add(1);
         let attr_len = NLA_HDRLEN + value.len();
         let len = NLMSG_HDRLEN + GENL_HDRLEN + align4(attr_len);
-        let mut msg = Vec::with_capacity(len);
-        msg.extend_from_slice(&(len as u32).to_ne_bytes());
-        msg.extend_from_slice(&family.to_ne_bytes());
-        msg.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
-        msg.extend_from_slice(&self.seq.to_ne_bytes());
-        msg.extend_from_slice(&0u32.to_ne_bytes());
-        // genlmsghdr: command, version 1, reserved.
-        msg.extend_from_slice(&[cmd, 1, 0, 0]);
-        msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
-        msg.extend_from_slice(&attr.to_ne_bytes());
-        msg.extend_from_slice(value);
-        msg.resize(len, 0);
+        // Built on the stack: this runs for every process at every scrape. The attribute
+        // values are a PID and the family's name, well within it.
+        let mut msg = [0u8; 64];
+        if len > msg.len() {
+            return Err(io::Error::from(io::ErrorKind::InvalidInput));
+        }
+        let mut at = 0;
+        for part in [
+            &(len as u32).to_ne_bytes()[..],
+            &family.to_ne_bytes(),
+            &(libc::NLM_F_REQUEST as u16).to_ne_bytes(),
+            &self.seq.to_ne_bytes(),
+            &0u32.to_ne_bytes(),
+            // genlmsghdr: command, version 1, reserved.
+            &[cmd, 1, 0, 0],
+            &(attr_len as u16).to_ne_bytes(),
+            &attr.to_ne_bytes(),
+            value,
+        ] {
+            msg[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        let msg = &msg[..len];
         // SAFETY: sockaddr_nl is plain data; all zeroes is the kernel's address (nl_pid 0).
         let mut to: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
         to.nl_family = libc::AF_NETLINK as libc::sa_family_t;
