@@ -48,6 +48,11 @@ enum Mode {
 
 /// Starts procwatch on `yaml` (plus `files` written next to it) in `mode`.
 fn start(mode: Mode, yaml: &str, files: &[(&str, &str)], marker: &str) -> Procwatch {
+    start_with_flags(mode, yaml, files, marker, &[])
+}
+
+/// [`start`], with `flags` after `--config`.
+fn start_with_flags(mode: Mode, yaml: &str, files: &[(&str, &str)], marker: &str, flags: &[&str]) -> Procwatch {
     let (dir, config) = util::config_dir(yaml);
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
@@ -60,7 +65,11 @@ fn start(mode: Mode, yaml: &str, files: &[(&str, &str)], marker: &str) -> Procwa
             std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
         }
     }
-    Procwatch::start_with(dir, config, &["--config", &arg], marker, |cmd| {
+    let args: Vec<&str> = ["--config", arg.as_str()]
+        .into_iter()
+        .chain(flags.iter().copied())
+        .collect();
+    Procwatch::start_with(dir, config, &args, marker, |cmd| {
         if mode == Mode::Unprivileged {
             cmd.uid(65534).gid(65534);
         }
@@ -209,15 +218,8 @@ fn without_taskstats_procwatch_says_once_where_context_switches_come_from() {
     let line = "context switches are read from /proc/PID/task/TID/status";
     for (flags, times) in [(&[][..], 1), (&["--no-collector.ctxswitch"][..], 0)] {
         let m = util::marker(&format!("no-taskstats-{times}"));
-        let (dir, config) = util::config_dir("processes:\n  - name: plain\n    command: [sleep, '600']\n");
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o666)).unwrap();
-        let arg = config.to_str().unwrap().to_owned();
-        let mut args = vec!["--config", arg.as_str()];
-        args.extend_from_slice(flags);
-        let pw = Procwatch::start_with(dir, config.clone(), &args, &m, |cmd| {
-            cmd.uid(65534).gid(65534);
-        });
+        let yaml = "processes:\n  - name: plain\n    command: [sleep, '600']\n";
+        let pw = start_with_flags(Mode::Unprivileged, yaml, &[], &m, flags);
         let s = pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
         assert_eq!(
             s.text.contains("procwatch_process_context_switches_total{"),
