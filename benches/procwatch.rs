@@ -852,8 +852,7 @@ const STAT_IO: [&str; 2] = ["stat", "io"];
 /// taskstats for each process's context switches (as procwatch decides: see `procfs::Want`).
 fn process_reads() -> (&'static [&'static str], bool) {
     let taskstats = procwatch::procfs::taskstats::Taskstats::open().is_ok();
-    let swap =
-        std::fs::read_to_string("/proc/swaps").map_or(true, |t| t.lines().filter(|l| !l.is_empty()).nth(1).is_some());
+    let swap = procwatch::procfs::swap_in_use(&mut Vec::new());
     match (taskstats, swap) {
         (true, false) => (&STAT_IO, true),
         (true, true) => (&FILES, true),

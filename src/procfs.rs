@@ -632,7 +632,7 @@ impl Reader {
 
 /// Whether /proc/swaps lists a swap area (a line beyond its header). Where the file cannot be
 /// read, `true`: swap is then read from each process's status as before.
-fn swap_in_use(buf: &mut Vec<u8>) -> bool {
+pub fn swap_in_use(buf: &mut Vec<u8>) -> bool {
     if read_into("/proc/swaps", buf).is_none() {
         return true;
     }
