@@ -142,13 +142,25 @@ fn after_a_forced_queue_overflow_creates_and_removes_are_exact() {
     });
     drop(restore);
 
-    // Directories filled at once, and directories in them: far more than 64 events.
+    // Directories, each watched before it is filled: the fill (far more than 64 events, and
+    // a new directory with files in each) is made while procwatch is stopped, so that none of
+    // it is read before the queue overflows. (Filled while procwatch runs, the overflow this
+    // test needs was a race: a watch thread that kept pace with the burst saw none.)
     let mut made = 0;
     for i in 0..20 {
         let dir = d.join(format!("d{i}"));
         std::fs::create_dir(&dir).unwrap();
         std::fs::create_dir(dir.join("deep")).unwrap();
         made += 2;
+    }
+    pw.wait_scrape(Duration::from_secs(30), "the directories", |s| {
+        events(s, "create") >= made
+    });
+    let sup = pw.supervisor_pid();
+    // SAFETY: plain syscall to procwatch's supervisor, continued below.
+    unsafe { libc::kill(sup, libc::SIGSTOP) };
+    for i in 0..20 {
+        let dir = d.join(format!("d{i}"));
         for j in 0..100 {
             std::fs::write(dir.join(format!("f{j}")), b"x").unwrap();
             made += 1;
@@ -157,7 +169,15 @@ fn after_a_forced_queue_overflow_creates_and_removes_are_exact() {
             std::fs::File::create(dir.join(format!("deep/g{j}"))).unwrap();
             made += 1;
         }
+        std::fs::create_dir(dir.join("late")).unwrap();
+        made += 1;
+        for j in 0..5 {
+            std::fs::File::create(dir.join(format!("late/h{j}"))).unwrap();
+            made += 1;
+        }
     }
+    // SAFETY: as above.
+    unsafe { libc::kill(sup, libc::SIGCONT) };
     let s = pw.wait_scrape(Duration::from_secs(30), "the creates", |s| events(s, "create") >= made);
     let overflows = s
         .get("procwatch_file_watch_overflows_total", &[("watch", "w")])
