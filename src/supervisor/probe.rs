@@ -601,15 +601,35 @@ mod tests {
 
     #[tokio::test]
     async fn refused_connections_fail_tcp_and_http() {
-        // Bind then close: a port nobody listens on.
-        let addr = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // A port bound but not listening, held for the whole test: a connection is refused,
+        // and no test running beside this one can be given the port meanwhile (a port bound
+        // and closed again could be handed to a listener of another test, as CI once saw).
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain socket(2); the fd is owned below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+        assert!(fd >= 0);
+        // SAFETY: just opened, owned by nobody else.
+        let held = unsafe { OwnedFd::from_raw_fd(fd) };
+        let mut sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: 0,
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(std::net::Ipv4Addr::LOCALHOST).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        // SAFETY: a valid socket and address of the size given; getsockname fills `sa`.
+        unsafe {
+            assert_eq!(libc::bind(held.as_raw_fd(), (&raw const sa).cast(), len), 0);
+            assert_eq!(libc::getsockname(held.as_raw_fd(), (&raw mut sa).cast(), &mut len), 0);
+        }
+        let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, u16::from_be(sa.sin_port)));
         let tcp = Check::Tcp(addr.to_string()).run(Duration::from_secs(2)).await;
         assert!(tcp.unwrap_err().contains("connect"));
         let http = HttpCheck::new(&format!("http://{addr}/"), None).unwrap();
         assert!(http.get().await.unwrap_err().contains("connect"));
+        drop(held);
     }
 
     #[tokio::test]
