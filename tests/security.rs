@@ -378,10 +378,30 @@ fn concurrent_requests_share_the_proc_work(path: &str) {
         get(&pw.addr);
     }
     let one_by_one = cpu_ticks(pw.supervisor_pid()) - c0;
+    // All connect first and send together, so that "at once" does not hinge on how fast
+    // this host starts 40 threads.
+    let start = std::sync::Barrier::new(N as usize);
     let c1 = cpu_ticks(pw.supervisor_pid());
     std::thread::scope(|scope| {
         for _ in 0..N {
-            scope.spawn(|| get(&pw.addr));
+            scope.spawn(|| {
+                let mut s = TcpStream::connect(&pw.addr).unwrap();
+                s.set_read_timeout(Some(T)).unwrap();
+                start.wait();
+                write!(
+                    s,
+                    "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                    pw.addr
+                )
+                .unwrap();
+                let mut raw = Vec::new();
+                s.read_to_end(&mut raw).unwrap();
+                assert!(
+                    raw.starts_with(b"HTTP/1.1 200"),
+                    "{}",
+                    String::from_utf8_lossy(&raw[..raw.len().min(200)])
+                );
+            });
         }
     });
     let together = cpu_ticks(pw.supervisor_pid()) - c1;

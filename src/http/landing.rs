@@ -62,9 +62,9 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-/// The page, with the table as it is now. `tracking`: the tracking mode in force and why (it
-/// does not change while procwatch runs, so the script leaves it alone).
-pub fn page(info: &StatusInfo, telemetry_path: &str, lifecycle: bool, tracking: &str) -> Response<Body> {
+/// The page's HTML, with the table as it is now. `tracking`: the tracking mode in force and
+/// why (it does not change while procwatch runs, so the script leaves it alone).
+pub fn render(info: &StatusInfo, telemetry_path: &str, lifecycle: bool, tracking: &str) -> Bytes {
     let mut s = String::with_capacity(4096);
     let _ = write!(
         s,
@@ -121,7 +121,12 @@ pub fn page(info: &StatusInfo, telemetry_path: &str, lifecycle: bool, tracking: 
         let _ = write!(s, "<td>{}</td><td>{}</td></tr>", w.overflows, w.errors);
     }
     s.push_str("</tbody></table></body></html>\n");
-    let mut resp = with_headers(Response::new(Full::new(Bytes::from(s))), "text/html; charset=utf-8");
+    Bytes::from(s)
+}
+
+/// The page's response, for HTML from [`render`].
+pub fn page(html: Bytes) -> Response<Body> {
+    let mut resp = with_headers(Response::new(Full::new(html)), "text/html; charset=utf-8");
     *resp.status_mut() = StatusCode::OK;
     resp
 }

@@ -61,6 +61,8 @@ struct State {
     scrape: tokio::sync::Mutex<ScrapeCache>,
     /// Requests waiting for `scrape`'s lock.
     scrape_waiting: AtomicUsize,
+    /// When the last landing page was rendered (from a gather begun after that), and its HTML.
+    landing: tokio::sync::Mutex<Option<(Instant, Bytes)>>,
     api: Api,
 }
 
@@ -74,6 +76,7 @@ impl State {
             reload,
             scrape: tokio::sync::Mutex::new(ScrapeCache::default()),
             scrape_waiting: AtomicUsize::new(0),
+            landing: tokio::sync::Mutex::new(None),
             api,
         }
     }
@@ -244,13 +247,8 @@ async fn route(state: &State, req: Request<Incoming>) -> Response<Body> {
         return resp;
     }
     match (path, method) {
-        ("/", &Method::GET) => match api::gathered(state).await {
-            Some(g) => landing::page(
-                &crate::status::StatusInfo::new(&g),
-                &state.config.telemetry_path,
-                state.config.enable_lifecycle,
-                state.collector.tracking(),
-            ),
+        ("/", &Method::GET) => match landing_html(state).await {
+            Some(html) => landing::page(html),
             None => text(StatusCode::INTERNAL_SERVER_ERROR, "gather failed\n"),
         },
         // HEAD as GET (hyper sends no body), as Prometheus answers both on these two.
@@ -325,6 +323,32 @@ async fn scrape(state: &State, format: metrics::Format, gzip: bool) -> Option<By
         cache.last = Default::default();
     }
     Some(body)
+}
+
+/// The landing page as it is now, rendered once for everyone who arrived while a render was
+/// running or before it started (a page open in many tabs). `None` if the gather failed.
+async fn landing_html(state: &State) -> Option<Bytes> {
+    let arrived = Instant::now();
+    let mut cache = state.landing.lock().await;
+    if let Some((started, html)) = cache.as_ref()
+        && *started >= arrived
+    {
+        return Some(html.clone());
+    }
+    let started = Instant::now();
+    let g = api::gathered(state).await?;
+    let (path, lifecycle, tracking) = (
+        state.config.telemetry_path.clone(),
+        state.config.enable_lifecycle,
+        state.collector.tracking().to_owned(),
+    );
+    let html = tokio::task::spawn_blocking(move || {
+        landing::render(&crate::status::StatusInfo::new(&g), &path, lifecycle, &tracking)
+    })
+    .await
+    .ok()?;
+    *cache = Some((started, html.clone()));
+    Some(html)
 }
 
 fn text(status: StatusCode, body: &str) -> Response<Body> {
