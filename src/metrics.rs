@@ -540,24 +540,27 @@ impl Format {
     }
 }
 
-/// Whether an `Accept-Encoding` header allows gzip (`gzip` or `*`, with a `q` above 0).
+/// Whether to answer an `Accept-Encoding` header with gzip: the client allows it (`gzip` or
+/// `*` with a `q` above 0) and does not prefer `identity` to it by a higher `q`. An unlisted
+/// `identity` is the fallback (RFC 9110, 12.5.3), not a preference; `*` also stands for it.
 pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
-    let mut gzip = None;
-    let mut star = None;
+    let (mut gzip, mut identity, mut star) = (None, None, None);
     for coding in accept_encoding.unwrap_or("").split(',') {
         let mut parts = coding.split(';').map(str::trim);
         let name = parts.next().unwrap_or("").to_ascii_lowercase();
-        let q = parts
+        let q: f64 = parts
             .filter_map(|p| p.split_once('='))
             .find(|(k, _)| k.trim() == "q")
             .map_or(1.0, |(_, v)| v.trim().parse().unwrap_or(0.0));
         match name.as_str() {
-            "gzip" | "x-gzip" => gzip = Some(q > 0.0),
-            "*" => star = Some(q > 0.0),
+            "gzip" | "x-gzip" => gzip = Some(q),
+            "identity" => identity = Some(q),
+            "*" => star = Some(q),
             _ => {}
         }
     }
-    gzip.or(star).unwrap_or(false)
+    let gzip = gzip.or(star).unwrap_or(0.0);
+    gzip > 0.0 && gzip >= identity.or(star).unwrap_or(0.0)
 }
 
 /// gzip at the fastest level: a page of metrics shrinks about 15-fold even so, and the CPU a
@@ -1529,6 +1532,13 @@ mod tests {
             (Some("*"), true),
             (Some("*;q=0"), false),
             (Some("gzip;q=0, *"), false),
+            // identity preferred by q: as asked, though gzip is allowed.
+            (Some("identity;q=1, *;q=0.5"), false),
+            (Some("gzip;q=0.4, identity;q=0.5"), false),
+            // A tie, or identity only as the fallback: the smaller page.
+            (Some("gzip, identity"), true),
+            (Some("*;q=0.5"), true),
+            (Some("identity;q=0, gzip;q=0.1"), true),
         ] {
             assert_eq!(accepts_gzip(header), want, "{header:?}");
         }
