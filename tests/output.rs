@@ -23,15 +23,23 @@ fn every_line_is_counted_per_stream_over_restarts() {
     // Three runs of 100 stdout and 50 stderr lines; the third exits 0 and is not restarted.
     let yaml = "status_interval: 0\nprocesses:\n  - name: counted\n    command: [sh, -c, 'n=$(cat runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > runs; i=0; while [ $i -lt 100 ]; do i=$((i+1)); echo \"out $n $i\"; [ $((i % 2)) = 0 ] && echo \"err $n $i\" >&2; done; [ $n -ge 3 ] && exit 0; exit 1']\n    restart: on-failure\n    backoff: {initial: 10ms, max: 10ms}\n";
     let pw = Procwatch::start(yaml, &[]);
-    let s = pw.wait_scrape(T, "three runs", |s| {
+    // The exit is published when the run is reaped, its last lines when the output thread has
+    // read them from the pipe: wait for both. A count past 300 or 150 never matches.
+    let s = pw.wait_scrape(T, "three runs and all their lines", |s| {
+        let lines = |stream| {
+            s.get(
+                "procwatch_process_log_lines_total",
+                &[("name", "counted"), ("stream", stream)],
+            )
+        };
         s.get(
             "procwatch_process_exits_total",
             &[("name", "counted"), ("reason", "success")],
         ) == Some(1.0)
+            && lines("stdout") == Some(300.0)
+            && lines("stderr") == Some(150.0)
     });
     let get = |metric: &str, stream: &str| s.get(metric, &[("name", "counted"), ("stream", stream)]);
-    assert_eq!(get("procwatch_process_log_lines_total", "stdout"), Some(300.0));
-    assert_eq!(get("procwatch_process_log_lines_total", "stderr"), Some(150.0));
     // "out R I\n": 8 bytes for I < 10, 9 for I < 100, 10 for 100; "err R I\n" for even I alike.
     let out_bytes = 3 * (9 * 8 + 90 * 9 + 10);
     let err_bytes = 3 * (4 * 8 + 45 * 9 + 10);
