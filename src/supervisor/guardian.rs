@@ -238,7 +238,8 @@ fn wait_blocking(pid: i32) -> i32 {
 
 /// The supervisor has ended with `status`: kill what is left, return the exit code to use.
 fn finish(supervisor: i32, status: i32, cgroup: Option<PathBuf>) -> i32 {
-    let mut killed = 0usize;
+    // By PID: a process the cgroup's kill ends is re-parented here and reaped below too.
+    let mut killed = std::collections::HashSet::new();
     if let Some(dir) = &cgroup {
         let programs = if dir.ends_with("programs") {
             dir.clone()
@@ -246,11 +247,12 @@ fn finish(supervisor: i32, status: i32, cgroup: Option<PathBuf>) -> i32 {
             dir.join("programs")
         };
         if programs.exists() {
-            killed += count_procs(&programs);
+            procs_in(&programs, &mut killed);
             crate::cgroup::kill_and_remove(dir);
         }
     }
-    killed += kill_children();
+    kill_children(&mut killed);
+    let killed = killed.len();
     let (code, signal) = if libc::WIFSIGNALED(status) {
         (128 + libc::WTERMSIG(status), Some(libc::WTERMSIG(status)))
     } else {
@@ -269,13 +271,13 @@ fn finish(supervisor: i32, status: i32, cgroup: Option<PathBuf>) -> i32 {
     code
 }
 
-fn count_procs(dir: &std::path::Path) -> usize {
-    let mut n = 0;
+/// Adds the processes in `dir` and the cgroups below it to `pids`.
+fn procs_in(dir: &std::path::Path, pids: &mut std::collections::HashSet<i32>) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        n += std::fs::read_to_string(d.join("cgroup.procs"))
-            .map(|t| t.split_whitespace().count())
-            .unwrap_or(0);
+        if let Ok(text) = std::fs::read_to_string(d.join("cgroup.procs")) {
+            pids.extend(text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()));
+        }
         if let Ok(entries) = std::fs::read_dir(&d) {
             stack.extend(
                 entries
@@ -285,22 +287,26 @@ fn count_procs(dir: &std::path::Path) -> usize {
             );
         }
     }
-    n
 }
 
 /// SIGKILLs every child of the guardian, reaps, and repeats until none is left: each killed
-/// process's own children are re-parented here in turn. Returns how many were killed.
-fn kill_children() -> usize {
+/// process's own children are re-parented here in turn. Adds each child it killed to
+/// `killed`; a child already dead when first seen (ended by the cgroup's kill or its
+/// parent-death signal, or a zombie its dead parent never reaped) is reaped, not counted.
+fn kill_children(killed: &mut std::collections::HashSet<i32>) {
     // SAFETY: plain syscall.
     let me = unsafe { libc::getpid() };
     let path = format!("/proc/{me}/task/{me}/children");
-    let mut killed = std::collections::HashSet::new();
+    let mut reader = crate::procfs::Reader::default();
+    // Children seen (a reaped one as its negated PID, which lets the PID come back as new).
+    let mut seen = std::collections::HashSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let mut text = String::new();
         let _ = std::fs::File::open(&path).and_then(|mut f| f.read_to_string(&mut text));
         for pid in text.split_whitespace().filter_map(|p| p.parse::<i32>().ok()) {
-            if killed.insert(pid) {
+            if seen.insert(pid) && reader.stat(pid).is_some_and(|st| st.state != b'Z') {
+                killed.insert(pid);
                 // SAFETY: plain syscall to our own child.
                 unsafe { libc::kill(pid, libc::SIGKILL) };
             }
@@ -310,17 +316,17 @@ fn kill_children() -> usize {
         // SAFETY: plain syscall.
         let r = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
         if r < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-            return killed.len();
+            return;
         }
         if r == 0 {
             if Instant::now() > deadline {
-                return killed.len();
+                return;
             }
             // Dying takes a moment; a reaped PID may also be reused by a new child.
             std::thread::sleep(Duration::from_millis(2));
         } else if r > 0 {
-            killed.remove(&r);
-            killed.insert(-r);
+            seen.remove(&r);
+            seen.insert(-r);
         }
     }
 }
