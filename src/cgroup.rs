@@ -7,7 +7,9 @@
 //! programs, as systemd does for a service (and as its `DelegateSubgroup=supervisor` does
 //! beforehand). Where its own cgroup holds other processes too (the root of a host without
 //! systemd, a login session, a test runner's cgroup), `<base>` is `<own>/procwatch-<pid>/`, so
-//! that instances never collide. procwatch never creates, writes or removes anything outside
+//! that instances never collide; each holds an flock(2) on its `<base>` for as long as it runs,
+//! which is how a starting instance tells a dead instance's leftover from a live one (a PID
+//! says nothing across PID namespaces). procwatch never creates, writes or removes anything outside
 //! `<base>` (and `<own>/supervisor/`), and removes `<base>` (or what it made in it) when it
 //! stops. See the kernel's Documentation/admin-guide/cgroup-v2.rst.
 //!
@@ -81,6 +83,9 @@ pub struct Tree {
     programs_fd: OwnedFd,
     /// Controllers enabled for the programs' cgroups (`cgroup.subtree_control` of programs/).
     controllers: BTreeSet<String>,
+    /// `<base>` open and flock(2)ed while procwatch runs, where it made `<base>` itself: the
+    /// sign to other instances that this one lives (see [`remove_dead_instances`]).
+    _alive: Option<OwnedFd>,
 }
 
 /// How programs are tracked, and why.
@@ -319,21 +324,15 @@ fn set_up(guardian: Option<i32>) -> Result<Tree, String> {
         ));
     }
     let layout = layout(&loc, &members, ours);
-    let (base, own_base) = match layout {
-        Layout::Own => (loc.own.clone(), false),
-        Layout::Subgroup => (loc.own.parent().expect("checked by layout").to_path_buf(), false),
-        // Named so that a later instance can tell whether this one still lives.
-        Layout::Shared => (loc.own.join(format!("procwatch-{me}")), true),
-    };
-    if own_base {
-        remove_dead_instances(&loc.own);
-        match std::fs::create_dir(&base) {
-            Ok(()) => {}
-            // Our PID was a dead instance's too: what is there is its leftover.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => kill_and_remove_children(&base),
-            Err(e) => return Err(writable_reason(&base, &e)),
+    let (base, own_base, alive) = match layout {
+        Layout::Own => (loc.own.clone(), false, None),
+        Layout::Subgroup => (loc.own.parent().expect("checked by layout").to_path_buf(), false, None),
+        Layout::Shared => {
+            let (base, alive) = claim_base(&loc.own, me)?;
+            (base, true, alive)
         }
-    } else {
+    };
+    if !own_base {
         // Move procwatch (and its guardian) out of the inner node into a leaf.
         let sup = base.join("supervisor");
         if loc.own != sup {
@@ -368,7 +367,60 @@ fn set_up(guardian: Option<i32>) -> Result<Tree, String> {
         programs,
         programs_fd,
         controllers,
+        _alive: alive,
     })
+}
+
+/// Removes dead instances' leftovers from `own`, then makes and locks `<own>/procwatch-<me>/`
+/// (`procwatch-<me>.<n>` if a live procwatch of another PID namespace holds that name).
+/// Instances sharing `own` take turns here, so that none finds another's `<base>` made and
+/// not yet locked. The lock is `None` where the filesystem has no flock(2).
+fn claim_base(own: &Path, me: i32) -> Result<(PathBuf, Option<OwnedFd>), String> {
+    // Unlocked when it closes, at the end of this function.
+    let turn = open_dir(libc::AT_FDCWD, own)
+        .ok()
+        .filter(|fd| flock(fd, libc::LOCK_EX).is_ok());
+    remove_dead_instances(own);
+    for n in 0.. {
+        let base = match n {
+            0 => own.join(format!("procwatch-{me}")),
+            n => own.join(format!("procwatch-{me}.{n}")),
+        };
+        match std::fs::create_dir(&base) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(writable_reason(&base, &e)),
+        }
+        let fd = open_dir(libc::AT_FDCWD, &base).map_err(|e| format!("cannot open {}: {e}", base.display()))?;
+        match flock(&fd, libc::LOCK_EX | libc::LOCK_NB) {
+            // What was there already (our PID was a dead instance's too) is a leftover.
+            Ok(()) => {
+                kill_and_remove_children(&base);
+                drop(turn);
+                return Ok((base, Some(fd)));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => continue,
+            Err(_) => {
+                kill_and_remove_children(&base);
+                return Ok((base, None));
+            }
+        }
+    }
+    unreachable!("the names run out only after every u64")
+}
+
+/// flock(2) on `fd`, retried on EINTR.
+fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<()> {
+    loop {
+        // SAFETY: a plain syscall on an fd we own.
+        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
 }
 
 fn writable_reason(path: &Path, e: &io::Error) -> String {
@@ -425,7 +477,10 @@ fn read_controllers(path: &Path) -> BTreeSet<String> {
         .collect()
 }
 
-/// Removes the `procwatch-<pid>` subtrees under `own` whose procwatch no longer lives.
+/// Removes the `procwatch-<pid>` subtrees under `own` whose procwatch no longer lives: those
+/// whose lock is free and whose `<pid>` names no process here. The lock tells a live instance
+/// of another PID namespace (where `<pid>` means nothing) from a dead one; the PID still
+/// spares an instance of an earlier version, which held no lock.
 fn remove_dead_instances(own: &Path) {
     let Ok(entries) = std::fs::read_dir(own) else { return };
     for e in entries.flatten() {
@@ -433,13 +488,19 @@ fn remove_dead_instances(own: &Path) {
         let Some(pid) = name
             .to_str()
             .and_then(|n| n.strip_prefix("procwatch-"))
-            .and_then(|p| p.parse::<i32>().ok())
+            .and_then(|p| p.split('.').next()?.parse::<i32>().ok())
         else {
             continue;
         };
+        // Held until the end of this iteration, past the removal.
+        let fd = open_dir(libc::AT_FDCWD, &e.path());
+        let locked = fd.as_ref().is_ok_and(|fd| {
+            flock(fd, libc::LOCK_EX | libc::LOCK_NB).is_err_and(|e| e.raw_os_error() == Some(libc::EWOULDBLOCK))
+        });
         // SAFETY: signal 0 only checks for existence.
-        let alive =
-            unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive = locked
+            || unsafe { libc::kill(pid, 0) } == 0
+            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
             tracing::info!(cgroup = %e.path().display(), "removing the cgroups of a procwatch that no longer runs");
             kill_and_remove(&e.path());

@@ -49,6 +49,8 @@ fn as_pid_1_it_reaps_orphans_and_stops_on_sigterm() {
         .args(["--pid", "--fork", "--mount-proc", util::BIN, "--config"])
         .arg(&config)
         .args(["--web.listen-address", "127.0.0.1:0"])
+        // The control socket's default path: this test's own directory, not /run.
+        .env("RUNTIME_DIRECTORY", dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&log).unwrap())

@@ -601,6 +601,130 @@ fn leftover_cgroups_of_a_killed_procwatch_are_removed_at_start() {
     );
 }
 
+/// A procwatch in a PID namespace of its own (`unshare --pid`), started by a test.
+struct InNamespace {
+    unshare: std::process::Child,
+    addr: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl InNamespace {
+    /// Starts procwatch with `yaml` in a new PID namespace; returns once its `plain` is up.
+    fn start(yaml: &str, marker: &str) -> InNamespace {
+        let (dir, config) = util::config_dir(yaml);
+        let log = dir.path().join("stderr.log");
+        let unshare = std::process::Command::new("unshare")
+            .args(["--pid", "--fork", "--mount-proc", util::BIN, "--config"])
+            .arg(&config)
+            .args(["--web.listen-address", "127.0.0.1:0"])
+            .env(util::MARKER_VAR, marker)
+            .env("RUNTIME_DIRECTORY", dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let addr = wait_for(T, "the address", || {
+            util::logged_addr(&std::fs::read_to_string(&log).ok()?)
+        });
+        let pw = InNamespace {
+            unshare,
+            addr,
+            log,
+            _dir: dir,
+        };
+        wait_for(T, "plain up in the namespace", || {
+            (pw.scrape()?.prog("procwatch_process_up", "plain") == Some(1.0)).then_some(())
+        });
+        pw
+    }
+
+    fn scrape(&self) -> Option<util::Scrape> {
+        Some(util::Scrape::parse(
+            util::http(&self.addr, "GET", "/metrics", "").ok()?.2,
+        ))
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for InNamespace {
+    fn drop(&mut self) {
+        // unshare ignores SIGTERM while it waits: stop procwatch, its only child, instead.
+        let u = self.unshare.id();
+        if let Some(pw) = std::fs::read_to_string(format!("/proc/{u}/task/{u}/children"))
+            .ok()
+            .and_then(|c| c.split_whitespace().next()?.parse::<i32>().ok())
+        {
+            // SAFETY: plain syscall to our own grandchild.
+            unsafe { libc::kill(pw, libc::SIGTERM) };
+        }
+        let _ = self.unshare.wait();
+    }
+}
+
+/// procwatches started in PID namespaces of their own (containers sharing the host's cgroup
+/// namespace) in the cgroup of a running one. A PID names no process across namespaces,
+/// and each of the two is PID 2 in its own: each must leave the others' cgroups and programs
+/// alone.
+#[test]
+fn procwatches_in_other_pid_namespaces_leave_live_ones_cgroups_alone() {
+    let Some(mount) = cgroup2() else { return };
+    let probe = std::process::Command::new("unshare")
+        .args(["--pid", "--fork", "--mount-proc", "true"])
+        .status();
+    if !probe.is_ok_and(|s| s.success()) {
+        eprintln!("skipped: cannot make a PID namespace here (unshare --pid needs CAP_SYS_ADMIN)");
+        return;
+    }
+    let yaml = "processes:\n  - name: plain\n    command: [sleep, '600']\n";
+    let outer = start(Mode::Cgroup, yaml, &[], &util::marker("pidns-outer"));
+    let s = outer.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
+    let outer_pid = s.prog("procwatch_process_pid", "plain");
+    let own = own_cgroup(&mount);
+    let base = own.join(format!("procwatch-{}", outer.supervisor_pid()));
+    assert!(base.is_dir(), "{} is missing", base.display());
+
+    let first = InNamespace::start(yaml, &util::marker("pidns-first"));
+    let first_pid = first.scrape().unwrap().prog("procwatch_process_pid", "plain");
+    let second = InNamespace::start(yaml, &util::marker("pidns-second"));
+    // (Leftovers of other tests' dead instances may be removed.)
+    let live = [base.clone(), own.join("procwatch-2")];
+    for (who, pw) in [("first", &first), ("second", &second)] {
+        let err = pw.stderr();
+        let removed = err
+            .lines()
+            .filter(|l| l.contains("removing the cgroups"))
+            .filter_map(|l| l.split_once(" cgroup=")?.1.split_whitespace().next());
+        for r in removed {
+            assert!(!live.iter().any(|l| Path::new(r) == l), "{who} removed {r}:\n{err}");
+        }
+    }
+    // The supervisor is PID 2 in each namespace (its guardian is 1): one name each.
+    assert!(own.join("procwatch-2").is_dir());
+    assert!(own.join("procwatch-2.1").is_dir(), "the second took the first's cgroup");
+    assert!(base.is_dir(), "{} was removed", base.display());
+    let s = outer.scrape();
+    assert_eq!(s.prog("procwatch_process_up", "plain"), Some(1.0));
+    assert_eq!(
+        s.prog("procwatch_process_pid", "plain"),
+        outer_pid,
+        "the outer program was restarted"
+    );
+    let s = first.scrape().unwrap();
+    assert_eq!(s.prog("procwatch_process_up", "plain"), Some(1.0));
+    assert_eq!(
+        s.prog("procwatch_process_pid", "plain"),
+        first_pid,
+        "the first's program was restarted"
+    );
+    drop((first, second));
+    assert!(!own.join("procwatch-2").exists() && !own.join("procwatch-2.1").exists());
+}
+
 #[test]
 fn cgroups_are_removed_at_exit() {
     let Some(mount) = cgroup2() else { return };
