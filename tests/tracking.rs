@@ -595,10 +595,8 @@ fn leftover_cgroups_of_a_killed_procwatch_are_removed_at_start() {
     pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
     let _ = leftover.wait();
     assert!(!left.exists(), "{} is still there", left.display());
-    assert!(
-        pw.stderr()
-            .contains("removing the cgroups of a procwatch that no longer runs")
-    );
+    // Not asserted: which procwatch logs the removal. Another test's, starting in between,
+    // may have removed it first.
 }
 
 /// A procwatch in a PID namespace of its own (`unshare --pid`), started by a test.
