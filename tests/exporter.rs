@@ -42,14 +42,12 @@ fn a_child_that_wrote_64_mib_and_exited_shows_in_write_bytes() {
     wait_ran(&m, &out.with_extension("done2"), &format!("{}.2", out.display()));
     let done = out.with_extension("done");
     util::wait_for(T, "the parent's child to be done", || done.exists().then_some(()));
-    let s = pw.scrape();
-    assert_eq!(s.prog("procwatch_process_up", "oneshot"), Some(0.0), "{}", s.text);
-    assert_eq!(
-        s.prog("procwatch_process_tree_processes", "parent"),
-        Some(1.0),
-        "{}",
-        s.text
-    );
+    // Gone from /proc is not yet reaped by procwatch (oneshot) or by its shell (parent's
+    // `touch`): wait for procwatch to say both.
+    let s = pw.wait_scrape(T, "oneshot reaped and parent's children gone", |s| {
+        s.prog("procwatch_process_up", "oneshot") == Some(0.0)
+            && s.prog("procwatch_process_tree_processes", "parent") == Some(1.0)
+    });
     for name in ["parent", "oneshot"] {
         let written = s.prog("procwatch_process_write_bytes_total", name).unwrap();
         assert!(
@@ -74,14 +72,11 @@ fn a_child_that_touched_100_mib_and_exited_shows_its_minor_faults() {
     );
     let pw = Procwatch::start_marked(&yaml, &[], &m);
     util::wait_for(T, "the child to be done", || done.exists().then_some(()));
-    let s = pw.scrape();
-    // The child is gone: what is counted is what it left in its parent's cminflt.
-    assert_eq!(
-        s.prog("procwatch_process_tree_processes", "toucher"),
-        Some(1.0),
-        "{}",
-        s.text
-    );
+    // The child is gone (and `touch` after it): what is counted is what it left in its
+    // parent's cminflt.
+    let s = pw.wait_scrape(T, "toucher's children gone", |s| {
+        s.prog("procwatch_process_tree_processes", "toucher") == Some(1.0)
+    });
     let faults = s.prog("procwatch_process_minor_page_faults_total", "toucher").unwrap();
     assert!(faults >= 25_000.0, "{faults}");
     assert!(s.prog("procwatch_process_major_page_faults_total", "toucher").is_some());

@@ -94,14 +94,16 @@ fn a_watch_path_procwatch_may_not_read_is_an_error_on_that_watch_only() {
             cmd.uid(65534).gid(65534);
         }
     });
-    let s = pw.wait_scrape(T, "the locked watch's error", |s| {
+    // /-/ready answers before the first spawn ends, and the watches come up one by one: wait
+    // for all three states asserted.
+    let s = pw.wait_scrape(T, "the locked watch's error, the open watch and p up", |s| {
         s.get("procwatch_file_watch_errors_total", &[("watch", "locked")])
             .unwrap_or(0.0)
             >= 1.0
+            && s.get("procwatch_file_watch_up", &[("watch", "open")]) == Some(1.0)
+            && s.prog("procwatch_process_up", "p") == Some(1.0)
     });
     assert_eq!(s.get("procwatch_file_watch_up", &[("watch", "locked")]), Some(0.0));
-    assert_eq!(s.get("procwatch_file_watch_up", &[("watch", "open")]), Some(1.0));
-    assert_eq!(s.prog("procwatch_process_up", "p"), Some(1.0));
     assert!(pw.stderr().contains("cannot watch"), "{}", pw.stderr());
     // Still serving, still counting elsewhere.
     std::fs::File::create(open.join("f")).unwrap();
