@@ -54,12 +54,13 @@ fn busy_program_cpu_is_the_kernels_and_at_most_one_core() {
     // Slack: in cgroup mode the figure is cpu.stat's (nanosecond accounting of the cgroup)
     // while /proc/PID/stat counts in ticks; the two differ by a few ticks.
     let tick = 5.0 / clk_tck();
+    // Before the first reading, so that the wall time spans all the CPU time counted.
+    let t0 = Instant::now();
     let (b0, c0, a0) = bracketed_scrape(&pw, pid, "busy");
     assert!(
         (b0 - tick..=a0 + tick).contains(&c0),
         "procwatch says {c0:.3}s, /proc says {b0:.3}s..{a0:.3}s"
     );
-    let t0 = Instant::now();
     // Until the loop has had 2 s of CPU, whatever the load: the rate is measured against it.
     let (b1, c1, a1) = wait_for(T, "2 s of CPU", || {
         std::thread::sleep(Duration::from_millis(200));
@@ -271,12 +272,17 @@ fn programs_inherit_procwatch_s_environment_and_their_env_replaces_it() {
     let m = marker("inherit");
     let bin = tempfile::tempdir().unwrap();
     let tool = bin.path().join("pw-env-tool");
-    std::fs::write(&tool, "#!/bin/sh\nenv > \"$1\"\nexec sleep 600\n").unwrap();
+    // Written whole, then renamed: a large environment is more than one write().
+    std::fs::write(
+        &tool,
+        "#!/bin/sh\nenv > \"$1.tmp\" && mv \"$1.tmp\" \"$1\"\nexec sleep 600\n",
+    )
+    .unwrap();
     std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
     let out = tempfile::tempdir().unwrap();
     let path = format!("{}:/usr/bin:/bin", bin.path().display());
     let yaml = format!(
-        "processes:\n  - name: own\n    command: [pw-env-tool, {0}/own.txt]\n    env: {{PW_TEST_REPLACED: program, PATH: '{path}'}}\n  - name: plain\n    command: [sh, -c, 'env > {0}/plain.txt; exec sleep 600']\n",
+        "processes:\n  - name: own\n    command: [pw-env-tool, {0}/own.txt]\n    env: {{PW_TEST_REPLACED: program, PATH: '{path}'}}\n  - name: plain\n    command: [sh, -c, 'env > {0}/plain.tmp && mv {0}/plain.tmp {0}/plain.txt; exec sleep 600']\n",
         out.path().display()
     );
     let (dir, config) = util::config_dir(&yaml);
@@ -381,10 +387,11 @@ fn shutdown_timeout_bounds_the_whole_stop() {
 /// Each run stamps its start and end (`date +%s%N`); runs 1-5 and 7-8 exit at once, run 6
 /// stays up 0.9 s, longer than `max`. The gaps between one run's end and the next one's start
 /// are the backoff: 200, 400, 800 (the cap), 800, 800, then 200 again after the long run (the
-/// reset), 400. Each gap is checked against a lower bound and an upper one that a missing cap
-/// (1600 ms) or a missing reset (800 ms after the long run) would exceed.
+/// reset), 400. The delays procwatch chose (its log) must be exactly those; each gap must be at
+/// least its delay, and not grossly more (a loaded machine adds process starts to each gap).
 #[test]
 fn backoff_doubles_is_capped_and_resets() {
+    let _turn = cpu_turn();
     let m = marker("backoff-seq");
     let script = "n=$(cat runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > runs; echo \"s $(date +%s%N)\" >> stamps; [ $n -eq 6 ] && sleep 0.9; echo \"e $(date +%s%N)\" >> stamps; [ $n -ge 8 ] && sleep 600; exit 1";
     let yaml = format!(
@@ -410,9 +417,18 @@ fn backoff_doubles_is_capped_and_resets() {
         .collect();
     let want = [200u128, 400, 800, 800, 800, 200, 400];
     assert_eq!(gaps.len(), want.len(), "{gaps:?}");
+    let err = pw.stderr();
+    let delays: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("restarting after backoff") && l.contains("program=seq"))
+        .filter_map(|l| l.split_once("delay=")?.1.split_whitespace().next())
+        .take(want.len())
+        .collect();
+    let want_delays: Vec<String> = want.iter().map(|w| format!("{w}ms")).collect();
+    assert_eq!(delays, want_delays, "{err}");
     for (i, (&got, &w)) in gaps.iter().zip(&want).enumerate() {
         assert!(
-            got >= w && got < w + 350,
+            got >= w && got < w + 1500,
             "gap {i}: {got} ms, want {w} ms; all: {gaps:?}"
         );
     }
@@ -428,21 +444,22 @@ fn zero_backoff_has_a_floor_for_a_program_that_keeps_exiting_at_once() {
     let yaml = format!(
         "status_interval: 0\nprocesses:\n  - name: spin\n    command: [sh, -c, 'exit 0', {m}]\n    restart: always\n    backoff: {{initial: 0s, max: 0s}}\n"
     );
+    let _turn = cpu_turn();
     let mut pw = Procwatch::start_marked(&yaml, &[], &m);
-    let t0 = Instant::now();
     // The first restarts are at once.
     pw.wait_scrape(T, "5 restarts", |s| {
         s.prog("procwatch_process_restarts_total", "spin").unwrap_or(0.0) >= 5.0
     });
+    let t0 = Instant::now();
     let first = pw.scrape().prog("procwatch_process_restarts_total", "spin").unwrap();
     std::thread::sleep(Duration::from_secs(2));
     let later = pw.scrape().prog("procwatch_process_restarts_total", "spin").unwrap();
-    // At most one restart per 100 ms after the burst: 20 in 2 s (and a little slack for the
-    // scrapes' own timing); without the floor, hundreds.
+    let secs = t0.elapsed().as_secs_f64();
+    // About one restart per 100 ms after the burst; a run that a loaded machine stretches
+    // past 100 ms earns another burst of 5. Without the floor: hundreds a second.
     assert!(
-        later - first <= 23.0,
-        "{first} then {later} restarts, {:?}",
-        t0.elapsed()
+        later - first <= 30.0 * secs,
+        "{first} then {later} restarts in {secs:.2} s"
     );
     assert!(later - first >= 5.0, "it still restarts: {first} then {later}");
     wait_for(T, "spin shown backing off", || {
