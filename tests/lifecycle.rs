@@ -86,6 +86,20 @@ fn sigquit_stops_cleanly() {
 /// `/-/ready` answers 503, and the reload gauge already says the config was good.
 #[test]
 fn ready_waits_for_the_first_apply_and_the_gauge_never_reads_0() {
+    // Seeing a 503 needs a request to land in a window of some tens of ms, which a loaded
+    // machine may not give this thread; what is checked on every answer holds on each try.
+    for attempt in 1..=3 {
+        if start_once_and_count_not_ready() > 0 {
+            return;
+        }
+        eprintln!("attempt {attempt}: start-up too quick to see /-/ready answer 503");
+    }
+    panic!("start-up was too quick to see /-/ready answer 503 in 3 attempts");
+}
+
+/// Starts procwatch with many programs, polls `/-/ready` and `/metrics` until ready, checking
+/// the gauge and that ready means the first config applied, stops it; returns how many 503s.
+fn start_once_and_count_not_ready() -> usize {
     const N: usize = 1500;
     let mut yaml = String::from("status_interval: 0\nprocesses:\n");
     for i in 0..N {
@@ -142,8 +156,8 @@ fn ready_waits_for_the_first_apply_and_the_gauge_never_reads_0() {
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let status = wait_for(T, "procwatch to exit", || child.try_wait().ok().flatten());
     assert_eq!(status.code(), Some(0));
-    assert!(not_ready > 0, "start-up was too quick to see /-/ready answer 503");
     assert!(util::pids_with(&marker).is_empty(), "a program outlived procwatch");
+    not_ready
 }
 
 /// A supervisor that cannot start (here: no thread can be created under RLIMIT_NPROC) is a
