@@ -69,10 +69,12 @@ fn running_out_of_inotify_watches_is_an_error_on_that_watch() {
             cmd.uid(65534).gid(65534);
         },
     );
-    let s = pw.wait_scrape(Duration::from_secs(30), "the watch's error", |s| {
+    // The error is counted in the middle of the walk, `up` stored after it: wait for both.
+    let s = pw.wait_scrape(Duration::from_secs(30), "the watch's error and the watch up", |s| {
         s.get("procwatch_file_watch_errors_total", &[("watch", "tree")])
             .unwrap_or(0.0)
             >= 1.0
+            && s.get("procwatch_file_watch_up", &[("watch", "tree")]) == Some(1.0)
     });
     // The root and the directories that fit are watched: the watch is up, and it counts.
     assert_eq!(s.get("procwatch_file_watch_up", &[("watch", "tree")]), Some(1.0));
