@@ -785,8 +785,10 @@ impl Tree {
             return false;
         }
         warn!(watch = %self.config.name, path = %at.display(), "a file system was mounted inside the watch: inotify does not see through a mount made after a directory was watched; watching the mount from now on (changes made before this line were not seen)");
-        self.stats.error();
         self.add_tree(reg, rel.to_path_buf(), false);
+        // Counted once the mount's watches exist: a client that sees the count can rely on
+        // what it does in the mount from then on being seen.
+        self.stats.error();
         true
     }
 }
