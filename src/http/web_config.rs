@@ -639,6 +639,19 @@ impl WebConfigSource {
     /// Blocking (file reads, PEM parsing): [`WebConfigSource::watch`] runs it off the async
     /// threads.
     pub fn refresh(&self) {
+        self.refresh_with(WebConfig::load);
+    }
+
+    /// [`WebConfigSource::refresh`], reading the config with `load`.
+    ///
+    /// What is remembered as seen are the stamps taken *before* the read, also after a
+    /// successful one: a file changed while it was read (a config truncated, then written, by
+    /// an editor or `echo >`) no longer matches them, and is read again at the next check.
+    /// Stamps taken after the read would match it, and leave in force what was read half-way
+    /// (an empty file is a valid config: no TLS, no authentication) until the next change.
+    /// A config that names other files than the one in force (certificates added or moved)
+    /// is read once more at the next check, to take those files' stamps before a read.
+    fn refresh_with(&self, load: impl FnOnce(&Path) -> Result<WebConfig, ConfigError>) {
         let current = self.current.load_full();
         let now = stamps(&current.files);
         let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
@@ -646,10 +659,9 @@ impl WebConfigSource {
             return;
         }
         *seen = now;
-        match WebConfig::load(&self.path) {
+        match load(&self.path) {
             Ok(new) => {
                 info!(file = %self.path.display(), "web config changed; reloaded");
-                *seen = stamps(&new.files);
                 self.current.store(Arc::new(new));
             }
             Err(err) => {
@@ -779,6 +791,35 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = WebConfig::load(&write(dir.path(), "web.yml", "")).unwrap();
         assert!(c.tls.is_none() && !c.needs_auth());
+    }
+
+    /// An editor or `echo >` truncates the file, then writes it: a check that reads it in
+    /// between reads an empty file, a valid config with no TLS and no authentication. The
+    /// write that follows must be read at the next check, not taken as seen.
+    #[test]
+    fn a_file_changed_while_it_is_read_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let hash = bcrypt::hash("pw", 4).unwrap();
+        let full = format!("basic_auth_users:\n  alice: '{hash}'\n");
+        let path = write(dir.path(), "web.yml", &full);
+        let source = WebConfigSource::load(&path).unwrap();
+        assert!(source.current().needs_auth());
+
+        std::fs::write(&path, "").unwrap();
+        // The check reads the truncated file, and the rest is written before it is done.
+        source.refresh_with(|p| {
+            let read = WebConfig::load(p);
+            std::fs::write(p, &full).unwrap();
+            read
+        });
+        assert!(!source.current().needs_auth(), "what was read half-way is in force");
+        source.refresh();
+        assert!(
+            source.current().needs_auth(),
+            "the write made during the read was not read"
+        );
+        // And then it is seen: nothing more to read.
+        source.refresh_with(|_| panic!("read again with nothing changed"));
     }
 
     #[test]
