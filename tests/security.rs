@@ -44,15 +44,9 @@ impl Pki {
         params.distinguished_name.push(rcgen::DnType::CommonName, cn);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
-        // Replaced by rename, as rotation tools do: a reader sees the old file or the new one,
-        // never half of one. Key first, then the certificate.
-        let replace = |name: &str, text: String| {
-            let tmp = self.dir.join(format!("{name}.new"));
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, self.dir.join(name)).unwrap();
-        };
-        replace("server.key", key.serialize_pem());
-        replace("server.pem", cert.pem());
+        // Replaced by rename, as rotation tools do. Key first, then the certificate.
+        replace(&self.dir.join("server.key"), &key.serialize_pem());
+        replace(&self.dir.join("server.pem"), &cert.pem());
         cert.der().to_vec()
     }
 
@@ -143,6 +137,16 @@ fn https(
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
     let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
     Ok((status, head.to_owned(), body.to_owned(), peer))
+}
+
+/// Replaces `path` with `text` by rename: procwatch, which re-reads its web config and
+/// certificates when they change, sees the old file or the new one, never half of one (a
+/// truncated web config is a valid one: no TLS, no authentication).
+fn replace(path: &Path, text: &str) {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".new");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
 }
 
 fn hash(password: &str) -> String {
@@ -237,11 +241,10 @@ fn certificates_rotate_without_a_restart_and_a_bad_change_keeps_the_last_good() 
             .filter(|r| r.3 == second)
     });
     // A web config that goes bad: the last good one stays, and the log says why.
-    std::fs::write(
+    replace(
         &web,
         "tls_server_config:\n  cert_file: missing.pem\n  key_file: server.key\n",
-    )
-    .unwrap();
+    );
     let (status, _, _, peer) = https(&pw.addr, &client, "/-/healthy", None).unwrap();
     assert_eq!((status, peer == second), (200, true));
     wait_for(T, "the warning", || {
@@ -468,7 +471,7 @@ fn a_revoked_user_is_refused_on_an_open_keep_alive_connection() {
     assert_eq!(conn.get("/-/healthy", "bob:pw"), 200);
     assert_eq!(conn.get("/-/healthy", "bob:pw"), 200, "cached");
     // Bob is removed while his connection is open.
-    std::fs::write(&web, users(&["alice"])).unwrap();
+    replace(&web, &users(&["alice"]));
     wait_for(T, "bob to be refused on a new connection", || {
         let r = http(&pw.addr, "GET", "/-/healthy", &basic("bob:pw")).ok()?;
         (r.0 == 401).then_some(())
