@@ -184,9 +184,13 @@ fn every_endpoint_is_behind_tls_and_basic_auth() {
         let (status, _, _, _) = https(&pw.addr, &client, path, Some("nobody:s3cret")).unwrap();
         assert_eq!(status, 401, "{path} with an unknown user");
     }
-    let (status, head, body, _) = https(&pw.addr, &client, "/metrics", Some("prometheus:s3cret")).unwrap();
+    // Ready is not waited for over TLS, and `web` may still be starting: wait for it.
+    let (status, head, _, _) = wait_for(T, "web up over TLS", || {
+        https(&pw.addr, &client, "/metrics", Some("prometheus:s3cret"))
+            .ok()
+            .filter(|r| r.2.contains("procwatch_process_up{name=\"web\"} 1"))
+    });
     assert_eq!(status, 200);
-    assert!(body.contains("procwatch_process_up{name=\"web\"} 1"), "{body}");
     assert!(head.contains("x-frame-options: DENY"), "{head}");
     // Cached after the first check: a second request does not pay bcrypt again (and works).
     assert_eq!(
@@ -301,7 +305,8 @@ fn a_bad_web_config_is_a_start_up_error() {
 fn idle_connections_and_huge_headers_neither_starve_a_scrape_nor_grow_memory() {
     let pw = Procwatch::start("processes:\n  - name: a\n    command: [sleep, '600']\n", &[]);
     let rss = || util::rss_kib(pw.supervisor_pid());
-    pw.scrape();
+    // Ready does not wait for `a` to be spawned; asserted up below, among the idle clients.
+    pw.wait_scrape(T, "a up", |s| s.prog("procwatch_process_up", "a") == Some(1.0));
     let before = rss();
     // 300 connections that never send a byte, and 50 that send half a header.
     let mut idle: Vec<TcpStream> = (0..300).map(|_| TcpStream::connect(&pw.addr).unwrap()).collect();
