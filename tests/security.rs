@@ -529,15 +529,16 @@ fn wrong_passwords_neither_reveal_users_nor_starve_a_correct_scrape() {
     };
 
     // Timing: each attempt with a new password, so that nothing is answered from memory.
-    let (mut known, mut unknown) = (Duration::ZERO, Duration::ZERO);
-    for i in 0..3 {
+    // A stall on a loaded machine only ever adds time: compare the fastest of each.
+    let (mut known, mut unknown) = (Duration::MAX, Duration::MAX);
+    for i in 0..5 {
         let (s1, t1) = timed(&format!("prometheus:wrong{i}"));
         let (s2, t2) = timed(&format!("nobody:wrong{i}"));
         assert_eq!((s1, s2), (401, 401));
-        known += t1;
-        unknown += t2;
+        known = known.min(t1);
+        unknown = unknown.min(t2);
     }
-    eprintln!("3 wrong passwords: {known:?} for a known user, {unknown:?} for an unknown one");
+    eprintln!("fastest of 5 wrong passwords: {known:?} for a known user, {unknown:?} for an unknown one");
     assert!(
         unknown * 2 > known,
         "an unknown user answers faster ({unknown:?}) than a known one ({known:?})"
@@ -568,6 +569,8 @@ fn wrong_passwords_neither_reveal_users_nor_starve_a_correct_scrape() {
             .all(|r| r.load(std::sync::atomic::Ordering::Relaxed) >= 2)
             .then_some(())
     });
+    // One bcrypt, measured under the same load as the scrape: the attackers still run.
+    let one = bcrypt_time(&real);
     let (status, took) = timed("prometheus:s3cret");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for a in attackers {
@@ -575,7 +578,6 @@ fn wrong_passwords_neither_reveal_users_nor_starve_a_correct_scrape() {
     }
     // One bcrypt, plus at most the two that may be running: under 1 s on an idle machine; a
     // loaded one gets as many of its own bcrypt times.
-    let one = bcrypt_time(&real);
     let limit = Duration::from_secs(1).max(one * 4);
     eprintln!("a correct scrape among 60 attackers: {took:?} (one bcrypt here: {one:?})");
     assert_eq!(status, 200);
