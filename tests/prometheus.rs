@@ -552,8 +552,11 @@ fn every_dashboard_query_returns_data_from_a_real_prometheus() {
         .unwrap();
     let rate: f64 = r[0]["value"][1].as_str().unwrap().parse().unwrap();
     // A single-threaded loop: some of a core (the machine is shared with other tests), and
-    // never more than one; a counter that reset or double-counted would show here.
-    assert!((0.05..=1.05).contains(&rate), "busy's CPU rate: {rate}");
+    // about one at most. Prometheus stamps a sample when its scrape starts, procwatch reads
+    // the counter later: under load that delay varies by a few hundred ms over the window,
+    // which moves the rate by 5% or more. A counter that double-counted would read 2, one
+    // that reset far more or less.
+    assert!((0.05..=1.25).contains(&rate), "busy's CPU rate: {rate}");
 }
 
 /// Three hosts made by the test: a network namespace each, joined to this one by a veth pair
