@@ -213,13 +213,17 @@ fn two_sighups_in_quick_succession_end_in_the_last_config() {
 #[test]
 fn listen_address_is_not_changed_live_and_status_interval_is() {
     // No --web.listen-address: the config's listen_address is what procwatch listens on.
-    let (old, new) = (util::free_port(), util::free_port());
+    let old = util::free_port();
     let (dir, config) = util::config_dir(&format!(
         "listen_address: 127.0.0.1:{old}\nstatus_interval: 0\nprocesses: []\n"
     ));
     let arg = config.to_str().unwrap().to_owned();
     let pw = Procwatch::start_unflagged(dir, config, &["--config", &arg], &util::marker("listen-reload"));
     assert_eq!(pw.addr, format!("127.0.0.1:{old}"));
+    // Picked while procwatch holds `old`, so another port: two picks in a row, both before
+    // the start, could be the same one.
+    let new = util::free_port();
+    assert_ne!(old, new);
     pw.write_config(&format!(
         "listen_address: 127.0.0.1:{new}\nstatus_interval: 100ms\nprocesses: []\n"
     ));
