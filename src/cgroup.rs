@@ -386,25 +386,23 @@ fn claim_base(own: &Path, me: i32) -> Result<(PathBuf, Option<OwnedFd>), String>
             0 => own.join(format!("procwatch-{me}")),
             n => own.join(format!("procwatch-{me}.{n}")),
         };
-        match std::fs::create_dir(&base) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        let existed = match std::fs::create_dir(&base) {
+            Ok(()) => false,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => true,
             Err(e) => return Err(writable_reason(&base, &e)),
-        }
+        };
         let fd = open_dir(libc::AT_FDCWD, &base).map_err(|e| format!("cannot open {}: {e}", base.display()))?;
-        match flock(&fd, libc::LOCK_EX | libc::LOCK_NB) {
-            // What was there already (our PID was a dead instance's too) is a leftover.
-            Ok(()) => {
-                kill_and_remove_children(&base);
-                drop(turn);
-                return Ok((base, Some(fd)));
-            }
+        let lock = match flock(&fd, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => Some(fd),
             Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => continue,
-            Err(_) => {
-                kill_and_remove_children(&base);
-                return Ok((base, None));
-            }
+            Err(_) => None,
+        };
+        if existed {
+            // Not locked: our PID was a dead instance's too, and this is its leftover.
+            kill_and_remove_children(&base);
         }
+        drop(turn);
+        return Ok((base, lock));
     }
     unreachable!("the names run out only after every u64")
 }
