@@ -377,9 +377,7 @@ fn set_up(guardian: Option<i32>) -> Result<Tree, String> {
 /// not yet locked. The lock is `None` where the filesystem has no flock(2).
 fn claim_base(own: &Path, me: i32) -> Result<(PathBuf, Option<OwnedFd>), String> {
     // Unlocked when it closes, at the end of this function.
-    let turn = open_dir(libc::AT_FDCWD, own)
-        .ok()
-        .filter(|fd| flock(fd, libc::LOCK_EX).is_ok());
+    let turn = open_dir(libc::AT_FDCWD, own).ok().filter(|fd| take_turn(fd, own));
     remove_dead_instances(own);
     for n in 0.. {
         let base = match n {
@@ -406,6 +404,28 @@ fn claim_base(own: &Path, me: i32) -> Result<(PathBuf, Option<OwnedFd>), String>
     }
     unreachable!("the names run out only after every u64")
 }
+
+/// Takes the lock on the shared cgroup `own` (its fd), waiting at most [`TURN_WAIT`] for an
+/// instance holding it (a start stopped half-way, by SIGSTOP or a debugger, holds it).
+fn take_turn(fd: &OwnedFd, own: &Path) -> bool {
+    let deadline = Instant::now() + TURN_WAIT;
+    loop {
+        match flock(fd, libc::LOCK_EX | libc::LOCK_NB) {
+            Ok(()) => return true,
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+                tracing::warn!(cgroup = %own.display(), waited = ?TURN_WAIT, "another procwatch starting in this cgroup holds it up; going on without waiting for it");
+                return false;
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+/// How long a start waits for another instance's start in the same cgroup to finish.
+const TURN_WAIT: Duration = Duration::from_secs(10);
 
 /// flock(2) on `fd`, retried on EINTR.
 fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<()> {

@@ -723,6 +723,52 @@ fn procwatches_in_other_pid_namespaces_leave_live_ones_cgroups_alone() {
     assert!(!own.join("procwatch-2").exists() && !own.join("procwatch-2.1").exists());
 }
 
+/// Instances sharing a cgroup take turns to claim their `procwatch-<pid>/`; one whose start
+/// is stopped half-way (SIGSTOP, a debugger) holds the turn. Another starts all the same, after
+/// a bounded wait, and says why it waited. The turn is held here by the test itself.
+#[test]
+fn a_start_held_up_by_another_instance_goes_on_after_a_bounded_wait() {
+    let Some(mount) = cgroup2() else { return };
+    let scratch = Scratch::make(&mount, "turn");
+    // Another process in the cgroup: procwatch shares it, and works in procwatch-<pid>/.
+    let mut other = std::process::Command::new("sleep");
+    other.arg("600");
+    scratch.enter(&mut other, "");
+    let mut other = other.spawn().unwrap();
+    let held = std::fs::File::open(&scratch.0).unwrap();
+    // SAFETY: a plain syscall on an open file.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&held), libc::LOCK_EX) },
+        0
+    );
+    let (dir, config) = util::config_dir(PLAIN_YAML);
+    let t0 = std::time::Instant::now();
+    let pw = Procwatch::start_with(
+        dir,
+        config.clone(),
+        &["--config", config.to_str().unwrap()],
+        &util::marker("turn"),
+        |cmd| scratch.enter(cmd, ""),
+    );
+    pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
+    let waited = t0.elapsed();
+    assert!(
+        waited >= Duration::from_secs(10),
+        "it did not wait for the turn: {waited:?}"
+    );
+    assert!(
+        pw.stderr()
+            .contains("another procwatch starting in this cgroup holds it up"),
+        "{}",
+        pw.stderr()
+    );
+    assert!(scratch.0.join(format!("procwatch-{}", pw.supervisor_pid())).is_dir());
+    drop(pw);
+    drop(held);
+    let _ = other.kill();
+    let _ = other.wait();
+}
+
 #[test]
 fn cgroups_are_removed_at_exit() {
     let Some(mount) = cgroup2() else { return };
