@@ -550,8 +550,14 @@ pub fn accepts_gzip(accept_encoding: Option<&str>) -> bool {
         let name = parts.next().unwrap_or("").to_ascii_lowercase();
         let q: f64 = parts
             .filter_map(|p| p.split_once('='))
-            .find(|(k, _)| k.trim() == "q")
-            .map_or(1.0, |(_, v)| v.trim().parse().unwrap_or(0.0));
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+            .map_or(1.0, |(_, v)| {
+                v.trim()
+                    .parse::<f64>()
+                    .ok()
+                    .filter(|q| (0.0..=1.0).contains(q))
+                    .unwrap_or(0.0)
+            });
         match name.as_str() {
             "gzip" | "x-gzip" => gzip = Some(q),
             "identity" => identity = Some(q),
@@ -1539,6 +1545,9 @@ mod tests {
             (Some("gzip, identity"), true),
             (Some("*;q=0.5"), true),
             (Some("identity;q=0, gzip;q=0.1"), true),
+            // Parameter names are case-insensitive; a q outside 0..1 is invalid, so refused.
+            (Some("gzip;Q=0"), false),
+            (Some("gzip;q=1.0001"), false),
         ] {
             assert_eq!(accepts_gzip(header), want, "{header:?}");
         }
