@@ -378,7 +378,7 @@ fn set_up(guardian: Option<i32>) -> Result<Tree, String> {
 fn claim_base(own: &Path, me: i32) -> Result<(PathBuf, Option<OwnedFd>), String> {
     // Unlocked when it closes, at the end of this function.
     let turn = open_dir(libc::AT_FDCWD, own).ok().filter(|fd| take_turn(fd, own));
-    remove_dead_instances(own);
+    remove_dead_instances(own, me);
     for n in 0.. {
         let base = match n {
             0 => own.join(format!("procwatch-{me}")),
@@ -426,6 +426,13 @@ fn take_turn(fd: &OwnedFd, own: &Path) -> bool {
 
 /// How long a start waits for another instance's start in the same cgroup to finish.
 const TURN_WAIT: Duration = Duration::from_secs(10);
+
+/// Whether `pid` is a procwatch in this PID namespace: its command name is procwatch's own
+/// (a PID a dead instance left, now another program's, is not).
+fn is_procwatch(pid: i32) -> bool {
+    let comm = |p: &str| std::fs::read_to_string(format!("/proc/{p}/comm")).ok();
+    comm(&pid.to_string()).is_some_and(|c| c.starts_with("procwatch") || Some(&c) == comm("self").as_ref())
+}
 
 /// flock(2) on `fd`, retried on EINTR.
 fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<()> {
@@ -496,17 +503,18 @@ fn read_controllers(path: &Path) -> BTreeSet<String> {
 }
 
 /// Removes the `procwatch-<pid>` subtrees under `own` whose procwatch no longer lives: those
-/// whose lock is free and whose `<pid>` names no process here. The lock tells a live instance
-/// of another PID namespace (where `<pid>` means nothing) from a dead one; the PID still
-/// spares an instance of an earlier version, which held no lock.
-fn remove_dead_instances(own: &Path) {
+/// whose lock is free, unless `<pid>` is a procwatch here. The lock tells a live instance of
+/// another PID namespace (where `<pid>` means nothing) from a dead one; the PID still spares a
+/// running instance of an earlier version, which held no lock. A `procwatch-<pid>.<n>` was made
+/// by a version that locks, so its lock alone decides, as for our own PID.
+fn remove_dead_instances(own: &Path, me: i32) {
     let Ok(entries) = std::fs::read_dir(own) else { return };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name
+        let Some((pid, suffixed)) = name
             .to_str()
             .and_then(|n| n.strip_prefix("procwatch-"))
-            .and_then(|p| p.split('.').next()?.parse::<i32>().ok())
+            .and_then(|p| Some((p.split('.').next()?.parse::<i32>().ok()?, p.contains('.'))))
         else {
             continue;
         };
@@ -515,10 +523,7 @@ fn remove_dead_instances(own: &Path) {
         let locked = fd.as_ref().is_ok_and(|fd| {
             flock(fd, libc::LOCK_EX | libc::LOCK_NB).is_err_and(|e| e.raw_os_error() == Some(libc::EWOULDBLOCK))
         });
-        // SAFETY: signal 0 only checks for existence.
-        let alive = locked
-            || unsafe { libc::kill(pid, 0) } == 0
-            || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive = locked || (!suffixed && pid != me && is_procwatch(pid));
         if !alive {
             tracing::info!(cgroup = %e.path().display(), "removing the cgroups of a procwatch that no longer runs");
             kill_and_remove(&e.path());

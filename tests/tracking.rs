@@ -566,25 +566,19 @@ fn check_config_names_the_mode() {
 fn leftover_cgroups_of_a_killed_procwatch_are_removed_at_start() {
     let Some(mount) = cgroup2() else { return };
     let own = own_cgroup(&mount);
-    // A PID that no process has: PIDs are below pid_max. (A reaped child's PID may be
-    // another process's by the time procwatch looks: pid_max is 32768 here, and the tests
-    // beside this one spawn thousands.)
-    let dead: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
-        .unwrap()
-        .trim()
-        .parse()
+    // A process left running in it, as after a SIGKILL of the whole procwatch process group,
+    // and named after a PID that is no procwatch's: this process's own (a dead instance's PID
+    // that another program has since taken; a PID no process has is the easy case).
+    let m = util::marker("leftover");
+    let mut leftover = std::process::Command::new("sleep")
+        .arg("600")
+        .env(util::MARKER_VAR, &m)
+        .spawn()
         .unwrap();
-    let left = own.join(format!("procwatch-{dead}"));
+    let left = own.join(format!("procwatch-{}", leftover.id()));
     let prog = left.join("programs").join("old");
     std::fs::create_dir_all(&prog).unwrap();
-    // A process left running in it, as after a SIGKILL of the whole procwatch process group.
-    let m = util::marker("leftover");
-    let cg_procs = prog.join("cgroup.procs");
-    let mut cmd = std::process::Command::new("sleep");
-    cmd.arg("600").env(util::MARKER_VAR, &m);
-    // SAFETY: the closure only writes to a file (async-signal-safe system calls) before exec.
-    let mut leftover = unsafe { cmd.pre_exec(move || std::fs::write(&cg_procs, "0")).spawn().unwrap() };
-    assert_eq!(running(&m, "sleep 600").len(), 1);
+    std::fs::write(prog.join("cgroup.procs"), leftover.id().to_string()).unwrap();
 
     let pw = start(
         Mode::Cgroup,
@@ -593,8 +587,8 @@ fn leftover_cgroups_of_a_killed_procwatch_are_removed_at_start() {
         &util::marker("leftover-pw"),
     );
     pw.wait_scrape(T, "plain up", |s| s.prog("procwatch_process_up", "plain") == Some(1.0));
-    let _ = leftover.wait();
-    assert!(!left.exists(), "{} is still there", left.display());
+    let killed = util::wait_for(T, "the leftover killed", || leftover.try_wait().unwrap());
+    assert!(!left.exists(), "{} is still there ({killed:?})", left.display());
     // Not asserted: which procwatch logs the removal. Another test's, starting in between,
     // may have removed it first.
 }
