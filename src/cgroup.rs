@@ -390,9 +390,9 @@ fn claim_base(own: &Path, me: i32) -> Result<(PathBuf, Option<OwnedFd>), String>
             Err(e) => return Err(writable_reason(&base, &e)),
         };
         let fd = open_dir(libc::AT_FDCWD, &base).map_err(|e| format!("cannot open {}: {e}", base.display()))?;
-        let lock = match flock(&fd, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => Some(fd),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => continue,
+        let lock = match try_lock(&fd) {
+            Ok(true) => Some(fd),
+            Ok(false) => continue,
             Err(_) => None,
         };
         if existed {
@@ -410,12 +410,10 @@ fn claim_base(own: &Path, me: i32) -> Result<(PathBuf, Option<OwnedFd>), String>
 fn take_turn(fd: &OwnedFd, own: &Path) -> bool {
     let deadline = Instant::now() + TURN_WAIT;
     loop {
-        match flock(fd, libc::LOCK_EX | libc::LOCK_NB) {
-            Ok(()) => return true,
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => {
+        match try_lock(fd) {
+            Ok(true) => return true,
+            Ok(false) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(false) => {
                 tracing::warn!(cgroup = %own.display(), waited = ?TURN_WAIT, "another procwatch starting in this cgroup holds it up; going on without waiting for it");
                 return false;
             }
@@ -434,16 +432,19 @@ fn is_procwatch(pid: i32) -> bool {
     comm(&pid.to_string()).is_some_and(|c| c.starts_with("procwatch") || Some(&c) == comm("self").as_ref())
 }
 
-/// flock(2) on `fd`, retried on EINTR.
-fn flock(fd: &OwnedFd, op: libc::c_int) -> io::Result<()> {
+/// Takes an exclusive flock(2) on `fd` without waiting: `Ok(false)` if another holds it.
+/// Retried on EINTR.
+fn try_lock(fd: &OwnedFd) -> io::Result<bool> {
     loop {
         // SAFETY: a plain syscall on an fd we own.
-        if unsafe { libc::flock(fd.as_raw_fd(), op) } == 0 {
-            return Ok(());
+        if unsafe { libc::flock(fd.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(true);
         }
         let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EWOULDBLOCK) => return Ok(false),
+            _ => return Err(e),
         }
     }
 }
@@ -520,9 +521,7 @@ fn remove_dead_instances(own: &Path, me: i32) {
         };
         // Held until the end of this iteration, past the removal.
         let fd = open_dir(libc::AT_FDCWD, &e.path());
-        let locked = fd.as_ref().is_ok_and(|fd| {
-            flock(fd, libc::LOCK_EX | libc::LOCK_NB).is_err_and(|e| e.raw_os_error() == Some(libc::EWOULDBLOCK))
-        });
+        let locked = fd.as_ref().is_ok_and(|fd| matches!(try_lock(fd), Ok(false)));
         let alive = locked || (!suffixed && pid != me && is_procwatch(pid));
         if !alive {
             tracing::info!(cgroup = %e.path().display(), "removing the cgroups of a procwatch that no longer runs");
